@@ -1,0 +1,45 @@
+# minispp — run `make help` for the list of targets.
+PYTHON ?= python3
+PYTEST ?= $(PYTHON) -m pytest
+BENCH_REPEAT ?= 7
+
+.PHONY: help install test gradcheck bench bench-conv bench-lrn bench-pool bench-spp \
+        bench-window-spp geometry clean
+
+help:  ## list every target
+	@echo "minispp targets (variables: PYTHON=$(PYTHON), BENCH_REPEAT=$(BENCH_REPEAT)):"
+	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | \
+	  awk 'BEGIN {FS = ":.*## "}; {printf "  make %-18s %s\n", $$1, $$2}'
+
+install:  ## pip install -e .[test] into the current Python
+	$(PYTHON) -m pip install -e '.[test]'
+
+test:  ## the whole test suite, gradient checks included (CPU, a few minutes)
+	$(PYTEST) -q
+
+gradcheck:  ## only the float64 central-difference gradient checks, with the error table
+	$(PYTEST) -q -m gradcheck
+
+bench: bench-conv bench-lrn bench-pool bench-spp bench-window-spp  ## every benchmark vs PyTorch CPU
+
+bench-conv:  ## ZF-5 conv2 (32x96x55x55, 256 5x5/2 pad 1) forward and forward+backward
+	$(PYTHON) benchmarks/bench_layers.py conv --repeat $(BENCH_REPEAT)
+
+bench-lrn:  ## LRN size 5 on 32x96x110x110, forward+backward
+	$(PYTHON) benchmarks/bench_layers.py lrn --repeat $(BENCH_REPEAT)
+
+bench-pool:  ## max pool 3x3/2 on 32x96x110x110, forward+backward
+	$(PYTHON) benchmarks/bench_layers.py pool --repeat $(BENCH_REPEAT)
+
+bench-spp:  ## SPP (6,3,2,1) on 32x256x13x13, forward+backward
+	$(PYTHON) benchmarks/bench_layers.py spp --repeat $(BENCH_REPEAT)
+
+bench-window-spp:  ## WindowSPP of 2,000 windows on a 1x256x43x57 map, forward
+	$(PYTHON) benchmarks/bench_layers.py window_spp --repeat $(BENCH_REPEAT)
+
+geometry:  ## print the SPP bin truth table where the two forms differ (a = 10, n = 6)
+	$(PYTHON) -m minispp.geometry 10 6
+
+clean:  ## remove caches (Numba's compiled kernels included) and build files
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+	rm -rf .pytest_cache build dist *.egg-info

@@ -1,0 +1,59 @@
+"""Fully connected layer (fc6, fc7, fc8 of the paper's nets)."""
+import numpy as np
+
+from minispp.layer import Layer
+
+
+class FC(Layer):
+    """y = x2 @ W.T + b with x2 = x.reshape(N, D) (an NCHW map or SPP vector is flattened).
+
+    out_features: M. W: (M, D), b: (M,) as "<name>.W", "<name>.b". std: Gaussian init std;
+    bias: initial bias value.
+    Backward: dW = dy.T @ x2, db = sum of dy over the batch, dx = (dy @ W) in x's shape.
+    """
+
+    prefix = "fc"
+    rank = None
+    has_params = True
+
+    def __init__(self, out_features, name=None, std=0.005, bias=0.0, lr_mult=(1.0, 2.0),
+                 decay_mult=(1.0, 0.0)):
+        super().__init__(name)
+        if int(out_features) != out_features or out_features < 1:
+            raise ValueError(f"out_features must be a positive integer, got {out_features!r}")
+        self.out_features = int(out_features)
+        self.std, self.bias_value = float(std), float(bias)
+        self.lr_mult, self.decay_mult = lr_mult, decay_mult
+        self.x2 = None
+
+    def create_params(self, in_shape, params, rng):
+        D = int(np.prod(in_shape[1:]))
+        params.get_or_create(f"{self.name}.W", (self.out_features, D),
+                             lambda s: rng.normal(0.0, self.std, s), self.lr_mult[0], self.decay_mult[0])
+        params.get_or_create(f"{self.name}.b", (self.out_features,),
+                             lambda s: np.full(s, self.bias_value), self.lr_mult[1], self.decay_mult[1])
+        self.param_names = (f"{self.name}.W", f"{self.name}.b")
+
+    def infer_shape(self, in_shape):
+        return (in_shape[0], self.out_features)
+
+    def check_compatible(self, shape):
+        if int(np.prod(shape[1:])) != int(np.prod(self.in_shape[1:])):
+            raise ValueError(f"{self._who()}: input {shape} has {int(np.prod(shape[1:]))} features "
+                             f"per row, the layer was set up for {int(np.prod(self.in_shape[1:]))}")
+
+    def forward(self, x, train=True):
+        x = self.accept(x)
+        self.x2 = x.reshape(x.shape[0], -1)
+        y = self.x2 @ self.value_as("W", x.dtype).T
+        y += self.value_as("b", x.dtype)
+        return y
+
+    def backward(self, dy):
+        self.require_forward("x2")
+        if dy.shape != self.out_shape:
+            raise ValueError(f"{self._who()}: dy has shape {dy.shape}, expected {self.out_shape}")
+        dy = dy.astype(self.x2.dtype, copy=False)
+        self.add_grad("W", dy.T @ self.x2)
+        self.add_grad("b", dy.sum(axis=0))
+        return (dy @ self.value_as("W", dy.dtype)).reshape(self.in_shape)

@@ -1,0 +1,55 @@
+"""Local response normalization across channels (Krizhevsky et al.; paper Table 1)."""
+import numpy as np
+
+from minispp.backend import require_cpu
+from minispp.kernels.cpu.lrn import lrn_backward, lrn_forward
+from minispp.layer import Layer
+
+
+class LRN(Layer):
+    """Cross-channel LRN, the Caffe convention (alpha divided by size):
+
+        y[n, c, h, w] = x[n, c, h, w] / (k + (alpha / size) * sum_j x[n, j, h, w]^2) ^ beta
+
+    with j over the `size` channels c - size//2 .. c + (size-1)//2 that exist (centred for odd
+    sizes; PyTorch's local_response_norm uses the same window and convention). ZF-5 and
+    Convnet*-5 use size 5, alpha 1e-4, beta 0.75, k 1 (cuda-convnet's layer in that lineage
+    multiplies alpha the same way).
+
+    x: (N, C, H, W) -> y: same shape. Forward keeps scale and scale^-beta; backward is the
+    exact analytic gradient (see minispp/kernels/cpu/lrn.py for the formula).
+    """
+
+    prefix = "norm"
+
+    def __init__(self, size=5, alpha=1e-4, beta=0.75, k=1.0, name=None):
+        super().__init__(name)
+        if int(size) != size or size < 1:
+            raise ValueError(f"LRN size must be a positive integer, got {size!r}")
+        if k <= 0 or alpha < 0:
+            raise ValueError(f"LRN needs k > 0 and alpha >= 0, got k={k}, alpha={alpha}")
+        self.size, self.alpha, self.beta, self.k = int(size), float(alpha), float(beta), float(k)
+        self.saved = None
+
+    def infer_shape(self, in_shape):
+        return in_shape
+
+    def forward(self, x, train=True):
+        require_cpu(x, "LRN")
+        x = np.ascontiguousarray(self.accept(x))
+        N, C, H, W = x.shape
+        x3 = x.reshape(N, C, H * W)
+        y, scale, inv = (np.empty_like(x3) for _ in range(3))
+        lrn_forward(x3, self.size, self.alpha, self.beta, self.k, y, scale, inv)
+        self.saved = (x3, scale, inv)
+        return y.reshape(x.shape)
+
+    def backward(self, dy):
+        self.require_forward("saved")
+        if dy.shape != self.out_shape:
+            raise ValueError(f"{self._who()}: dy has shape {dy.shape}, expected {self.out_shape}")
+        x3, scale, inv = self.saved
+        dy3 = np.ascontiguousarray(dy, dtype=x3.dtype).reshape(x3.shape)
+        dx, ratio = np.empty_like(x3), np.empty_like(x3)
+        lrn_backward(x3, dy3, scale, inv, self.size, self.alpha, self.beta, dx, ratio)
+        return dx.reshape(self.in_shape)

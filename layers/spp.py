@@ -1,0 +1,71 @@
+"""The spatial pyramid pooling layer (paper Sec. 2.2-2.3, Fig. 3, Appendix)."""
+import numpy as np
+
+from minispp.backend import require_cpu
+from minispp.geometry import FORMS
+from minispp.kernels.cpu.spp import spp_backward, spp_forward
+from minispp.layer import Layer
+from minispp.pyramid import Pyramid, check_levels
+
+
+class SPP(Layer):
+    """Spatial pyramid max pooling of a whole feature map to a fixed-length vector.
+
+    levels: bins per side of each level, default (6, 3, 2, 1): 50 bins, 12,800 values for
+    256 channels, whatever the map size. form: "appendix" (floor/ceil bins, any size; the
+    default) or "fixed" (win = ceil(a/n), stride = floor(a/n), as a fixed-size network is
+    trained in Sec. 2.3; needs a map at least as large as every level). See
+    minispp.geometry for both, and ``python -m minispp.geometry 10 6`` for where they differ.
+
+    x: (N, C, H, W) -> y: (N, C * sum n^2), level by level in the order given, each level
+    channel-major (C, n, n) flattened. Backward routes each dy to its bin's argmax; bins may
+    overlap, so gradients add.
+    """
+
+    prefix = "spp"
+
+    def __init__(self, levels=(6, 3, 2, 1), form="appendix", name=None):
+        super().__init__(name)
+        self.levels = check_levels(levels)
+        if form not in FORMS:
+            raise ValueError(f"unknown SPP bin form {form!r}; expected one of {FORMS}")
+        self.form = form
+        self.pyramid = None
+        self.argmax = None
+        self._x_for_argmax = None
+
+    def infer_shape(self, in_shape):
+        N, C, H, W = in_shape
+        return (N, C * sum(n * n for n in self.levels))
+
+    def prepare(self, in_shape):
+        N, C, H, W = in_shape
+        whole = np.tile(np.array([[0, 0, W - 1, H - 1]], dtype=np.int64), (N, 1))
+        try:
+            self.pyramid = Pyramid(self.levels, whole, C, self.form)
+        except ValueError as err:
+            raise ValueError(f"{self._who()}: {H}x{W} feature map: {err}") from None
+        self.img = np.arange(N, dtype=np.int64)
+
+    def forward(self, x, train=True):
+        require_cpu(x, "SPP")
+        x = np.ascontiguousarray(self.accept(x))
+        p = self.pyramid
+        y = np.empty(self.out_shape, x.dtype)
+        argmax = np.empty(self.out_shape if train else (1, 1), np.int32)
+        spp_forward(x, self.img, *p.bins, p.levels, p.lofs, p.outofs, p.src, p.order, y,
+                    argmax, train)
+        self.argmax, self._x_for_argmax = (argmax, None) if train else (None, x)
+        return y
+
+    def backward(self, dy):
+        if self.argmax is None:
+            self.require_forward("_x_for_argmax")
+            self.forward(self._x_for_argmax, train=True)
+        if dy.shape != self.out_shape:
+            raise ValueError(f"{self._who()}: dy has shape {dy.shape}, expected {self.out_shape}")
+        N, C, H, W = self.in_shape
+        dx = np.empty((N, C, H * W), dy.dtype)
+        spp_backward(np.ascontiguousarray(dy), self.argmax, self.img, self.pyramid.levels,
+                     self.pyramid.outofs, dx)
+        return dx.reshape(self.in_shape)

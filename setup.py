@@ -1,0 +1,26 @@
+from setuptools import setup
+
+setup(
+    name="minispp",
+    version="0.1.0",
+    description="SPP-net (He et al., TPAMI 2015) from scratch in NumPy/Numba, with "
+                "hand-written forward and backward passes",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=["minispp", "minispp.kernels", "minispp.kernels.cpu", "minispp.kernels.gpu",
+              "layers", "nets", "train"],
+    install_requires=[
+        "numpy>=1.24",
+        "numba>=0.59",
+        "scipy>=1.10",
+        "scikit-learn>=1.3",
+        "h5py>=3.8",
+        "pillow>=10.0",
+        "tqdm>=4.60",
+    ],
+    extras_require={
+        "gpu": ["cupy-cuda12x>=13"],
+        "test": ["pytest>=7"],
+    },
+)
