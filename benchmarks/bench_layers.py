@@ -14,10 +14,10 @@ import statistics
 import sys
 import time
 
-import numpy as np
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import minispp  # noqa: E402,F401  (first: it sets OpenBLAS's thread timeout before NumPy loads it)
+import numpy as np  # noqa: E402
 from layers import LRN, SPP, Conv, MaxPool, WindowSPP  # noqa: E402
 from minispp import Params  # noqa: E402
 from minispp.geometry import window_to_feature_map  # noqa: E402

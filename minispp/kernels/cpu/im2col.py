@@ -9,35 +9,36 @@ import numba as nb
 
 @nb.njit(parallel=True, cache=True, fastmath=True)
 def im2col(x, kh, kw, sh, sw, ph, pw, Ho, Wo, col):
-    """x: (N, C, H, W) -> col: (C kh kw, N Ho Wo), written in place. Parallel over rows."""
+    """x: (N, C, H, W) -> col: (C kh kw, N Ho Wo), written in place.
+
+    Parallel over (c, n) input planes: a plane is read once, while it sits in cache, into its
+    kh kw rows, each a contiguous run of Ho Wo columns. (One thread per row instead re-reads
+    every plane kh kw times: 2.2x slower for conv1's 3 channels.)"""
     N, C, H, W = x.shape
     P = Ho * Wo
-    K = C * kh * kw
-    for r in nb.prange(K):
-        c = r // (kh * kw)
-        i = (r // kw) % kh
-        j = r % kw
-        # output columns whose input column is inside the map: 0 <= ow*sw - pw + j < W
-        ow_lo = max(0, (pw - j + sw - 1) // sw)
-        ow_hi = min(Wo, (W - 1 + pw - j) // sw + 1)
-        if ow_hi < ow_lo:
-            ow_hi = ow_lo
-        for n in range(N):
-            base = n * P
-            for oh in range(Ho):
-                ih = oh * sh - ph + i
-                o = base + oh * Wo
-                if ih < 0 or ih >= H:
-                    for ow in range(Wo):
-                        col[r, o + ow] = 0
-                    continue
-                for ow in range(ow_lo):
-                    col[r, o + ow] = 0
+    for cn in nb.prange(C * N):
+        c = cn // N
+        n = cn % N
+        for i in range(kh):
+            for j in range(kw):
+                r = (c * kh + i) * kw + j
+                # output columns whose input column is inside the map: 0 <= ow*sw - pw + j < W
+                ow_lo = min(Wo, max(0, (pw - j + sw - 1) // sw))
+                ow_hi = max(ow_lo, min(Wo, (W - 1 + pw - j) // sw + 1))
                 iw0 = ow_lo * sw - pw + j
-                for ow in range(ow_lo, ow_hi):
-                    col[r, o + ow] = x[n, c, ih, iw0 + (ow - ow_lo) * sw]
-                for ow in range(ow_hi, Wo):
-                    col[r, o + ow] = 0
+                for oh in range(Ho):
+                    ih = oh * sh - ph + i
+                    o = n * P + oh * Wo
+                    if ih < 0 or ih >= H:
+                        for ow in range(Wo):
+                            col[r, o + ow] = 0
+                        continue
+                    for ow in range(ow_lo):
+                        col[r, o + ow] = 0
+                    for ow in range(ow_lo, ow_hi):
+                        col[r, o + ow] = x[n, c, ih, iw0 + (ow - ow_lo) * sw]
+                    for ow in range(ow_hi, Wo):
+                        col[r, o + ow] = 0
 
 
 @nb.njit(parallel=True, cache=True, fastmath=True)
