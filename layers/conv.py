@@ -60,6 +60,11 @@ class Conv(Layer):
                              f"smaller than the {kh}x{kw} kernel")
         return (N, self.out_channels, (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1)
 
+    def macs(self):
+        """Multiply-accumulates per image: F C kh kw Ho Wo."""
+        _, F, Ho, Wo = self.out_shape
+        return F * self.in_shape[1] * self.kernel[0] * self.kernel[1] * Ho * Wo
+
     def _buffer(self, key, shape, dtype):
         buf = self._scratch.get(key)
         if buf is None or buf.shape != shape or buf.dtype != dtype:

@@ -48,8 +48,11 @@ class Dropout(Layer):
     def unfreeze(self):
         self.frozen = False
 
-    def forward(self, x, train=True):
+    def forward(self, x, train=True, rng=None):
+        """rng: a Generator for this call's mask (else the layer's own)."""
         x = self.accept(x)
+        if rng is not None:
+            self.rng = rng
         self._identity = not train
         if not train:
             return x.copy()

@@ -37,6 +37,10 @@ class FC(Layer):
     def infer_shape(self, in_shape):
         return (in_shape[0], self.out_features)
 
+    def macs(self):
+        """Multiply-accumulates per image: M D."""
+        return self.out_features * int(np.prod(self.in_shape[1:]))
+
     def check_compatible(self, shape):
         if int(np.prod(shape[1:])) != int(np.prod(self.in_shape[1:])):
             raise ValueError(f"{self._who()}: input {shape} has {int(np.prod(shape[1:]))} features "

@@ -139,6 +139,14 @@ class Layer:
             raise ValueError(f"{self._who()}: input has {shape[1]} channels, the layer was set "
                              f"up for {self.in_shape[1]}")
 
+    def macs(self):
+        """Multiply-accumulates per image (conv and fc layers; 0 for the others)."""
+        return 0
+
+    def param_count(self):
+        """Scalars in this layer's parameters."""
+        return sum(self.params[n].value.size for n in self.param_names)
+
     def param(self, suffix):
         return self.params[f"{self.name}.{suffix}"]
 

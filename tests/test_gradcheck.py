@@ -6,7 +6,7 @@ import pytest
 from conftest import distinct
 from layers import FC, LRN, SPP, Conv, Dropout, MaxPool, ReLU, SoftmaxLoss, WindowSPP
 from minispp import Params
-from nets import small_spp_net
+from nets import build
 from minispp.gradcheck import check_layer, check_net, numerical_gradient, relative_error
 
 TOL = 1e-6
@@ -140,19 +140,19 @@ def test_softmax_loss_gradients(rng, record_gradcheck, N, K):
     assert err < TOL
 
 
-def small_net(rng, params, size=(11, 11)):
-    """nets.small_spp_net in float64 with a fixed dropout mask (half the fc6 units kept)."""
-    net = small_spp_net()
-    net.setup((2, 3) + size, params, rng)
+def small_net(rng, size=(11, 11)):
+    """The "small" definition (every layer kind of ZF-5) in float64, with a fixed dropout
+    mask keeping half the fc6 units."""
+    model = build("small", num_classes=4, spp=(3, 2, 1), rng=rng, dtype=np.float64)
+    net = model.instance(batch=2, size=size)
     keep = np.zeros((2, 8))
     keep[:, ::2] = 1
     net.layers[9].freeze(keep)   # the same net for every perturbed forward
-    return net
+    return net, model.params
 
 
 def test_whole_small_net_gradients(rng, record_gradcheck):
-    params = Params(np.float64)
-    net = small_net(rng, params)
+    net, params = small_net(rng)
     x = rng.standard_normal((2, 3, 11, 11))
     labels = np.array([1, 3])
     errors = check_net(net, x, labels, params)
@@ -193,8 +193,7 @@ def test_checker_fails_on_a_broken_backward(rng):
 
 
 def test_checker_fails_when_a_net_layer_is_broken(rng):
-    params = Params(np.float64)
-    net = small_net(rng, params)
+    net, params = small_net(rng)
     net.layers[2] = HalfBackwardLRN(3, alpha=1.0, beta=0.75, k=2.0)
     net.layers[2].setup(net.layers[1].out_shape)
     x = rng.standard_normal((2, 3, 11, 11))

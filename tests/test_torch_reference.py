@@ -3,15 +3,22 @@
 These run only where torch is installed (CI installs the CPU wheel when the machine has it);
 the hand-computed cases and gradient checks in the other files are the coverage that never
 skips."""
+import os
+import sys
+
 import numpy as np
 import pytest
 
 from conftest import distinct
 from layers import FC, LRN, SPP, Conv, MaxPool, SoftmaxLoss, WindowSPP
 from minispp import Params
+from nets import build
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
+from torch_nets import torch_net  # noqa: E402  (needs torch)
 pytestmark = pytest.mark.torchref
 
 
@@ -119,3 +126,35 @@ def test_fc_and_softmax_loss_match_torch(rng):
     assert value == pytest.approx(lt.item(), rel=1e-12)
     np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(params["fc.W"].grad, wt.grad.numpy(), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("name, spp, size", [("zf5", (6, 3, 2, 1), (224, 224)),
+                                             ("zf5", (6, 3, 2, 1), (180, 250)),
+                                             ("convnet5", None, (224, 224)),
+                                             ("overfeat7", (4, 3, 2, 1), (200, 190))])
+def test_whole_networks_match_torch_with_the_same_weights(tmp_path, name, spp, size):
+    """Outputs and gradients of a whole net, weights brought in through a weight file."""
+    model = build(name, num_classes=50, spp=spp, rng=np.random.default_rng(0), dtype=np.float64)
+    source = build(name, num_classes=50, spp=spp, rng=np.random.default_rng(9), dtype=np.float64)
+    source.export_weights(tmp_path / "w.npz")
+    model.import_weights(tmp_path / "w.npz")
+    net = model.instance(batch=2, size=size)
+    ref = torch_net(model).eval()
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 3) + size) * 50
+    labels = np.array([3, 41])
+    scores = net.forward(x, train=False)
+    loss = net.loss_layer.forward(scores, labels)
+    model.params.zero_grad()
+    dx = net.backward_from(net.loss_layer.backward())
+    xt = torch.tensor(x, requires_grad=True)
+    st = ref(xt)
+    lt = F.cross_entropy(st, torch.tensor(labels))
+    lt.backward()
+    scale = np.abs(scores).max()
+    np.testing.assert_allclose(scores, st.detach().numpy(), rtol=1e-9, atol=1e-9 * scale)
+    assert loss == pytest.approx(lt.item(), rel=1e-9)
+    np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-7, atol=1e-9 * np.abs(dx).max())
+    conv1 = ref[0]
+    np.testing.assert_allclose(model.params["conv1.W"].grad, conv1.weight.grad.numpy(), rtol=1e-7,
+                               atol=1e-9 * np.abs(model.params["conv1.W"].grad).max())
