@@ -4,7 +4,7 @@ PYTEST ?= $(PYTHON) -m pytest
 BENCH_REPEAT ?= 7
 
 .PHONY: help install test gradcheck bench bench-conv bench-lrn bench-pool bench-spp \
-        bench-window-spp geometry clean
+        bench-window-spp bench-zf5 summary-zf5 geometry clean
 
 help:  ## list every target
 	@echo "minispp targets (variables: PYTHON=$(PYTHON), BENCH_REPEAT=$(BENCH_REPEAT)):"
@@ -20,7 +20,7 @@ test:  ## the whole test suite, gradient checks included (CPU, a few minutes)
 gradcheck:  ## only the float64 central-difference gradient checks, with the error table
 	$(PYTEST) -q -m gradcheck
 
-bench: bench-conv bench-lrn bench-pool bench-spp bench-window-spp  ## every benchmark vs PyTorch CPU
+bench: bench-conv bench-lrn bench-pool bench-spp bench-window-spp bench-zf5  ## every benchmark vs PyTorch CPU
 
 bench-conv:  ## ZF-5 conv2 (32x96x55x55, 256 5x5/2 pad 1) forward and forward+backward
 	$(PYTHON) benchmarks/bench_layers.py conv --repeat $(BENCH_REPEAT)
@@ -36,6 +36,12 @@ bench-spp:  ## SPP (6,3,2,1) on 32x256x13x13, forward+backward
 
 bench-window-spp:  ## WindowSPP of 2,000 windows on a 1x256x43x57 map, forward
 	$(PYTHON) benchmarks/bench_layers.py window_spp --repeat $(BENCH_REPEAT)
+
+bench-zf5:  ## ZF-5 SPP forward and forward+backward, batch 32, 224 and 180, with a per-layer split
+	$(PYTHON) benchmarks/bench_nets.py --repeat 3
+
+summary-zf5:  ## print ZF-5's layers, shapes, parameters and MACs at 224 (python -m nets --help for more)
+	$(PYTHON) -m nets zf5 --spp 6,3,2,1 --size 224
 
 geometry:  ## print the SPP bin truth table where the two forms differ (a = 10, n = 6)
 	$(PYTHON) -m minispp.geometry 10 6

@@ -41,7 +41,6 @@ class Conv(Layer):
         self.std, self.bias_value = float(std), float(bias)
         self.lr_mult, self.decay_mult = lr_mult, decay_mult
         self.col = None
-        self._scratch = {}
 
     def create_params(self, in_shape, params, rng):
         kh, kw = self.kernel
@@ -65,23 +64,16 @@ class Conv(Layer):
         _, F, Ho, Wo = self.out_shape
         return F * self.in_shape[1] * self.kernel[0] * self.kernel[1] * Ho * Wo
 
-    def _buffer(self, key, shape, dtype):
-        buf = self._scratch.get(key)
-        if buf is None or buf.shape != shape or buf.dtype != dtype:
-            buf = np.empty(shape, dtype)
-            self._scratch[key] = buf
-        return buf
-
     def forward(self, x, train=True):
         require_cpu(x, "Conv")
         x = self.accept(x)
         N, C, H, W = x.shape
         _, F, Ho, Wo = self.out_shape
         (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.pad
-        col = self._buffer("col", (C * kh * kw, N * Ho * Wo), x.dtype)
+        col = self.scratch("col", (C * kh * kw, N * Ho * Wo), x.dtype)
         im2col(x, kh, kw, sh, sw, ph, pw, Ho, Wo, col)
         W2 = self.value_as("W", x.dtype).reshape(F, -1)
-        y2 = np.dot(W2, col, out=self._buffer("y2", (F, N * Ho * Wo), x.dtype))
+        y2 = np.dot(W2, col, out=self.scratch("y2", (F, N * Ho * Wo), x.dtype))
         y = np.empty((N, F, Ho * Wo), x.dtype)
         gemm_to_nchw(y2, self.value_as("b", x.dtype), y)
         self.col = col
@@ -95,13 +87,13 @@ class Conv(Layer):
             raise ValueError(f"{self._who()}: dy has shape {dy.shape}, expected {self.out_shape}")
         dy = np.ascontiguousarray(dy, dtype=self.col.dtype)
         (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.pad
-        dy2 = self._buffer("dy2", (F, N * Ho * Wo), dy.dtype)
+        dy2 = self.scratch("dy2", (F, N * Ho * Wo), dy.dtype)
         db = np.empty(F, dy.dtype)
         nchw_to_gemm(dy.reshape(N, F, Ho * Wo), dy2, db)
         self.add_grad("W", np.dot(dy2, self.col.T).reshape(F, C, kh, kw))
         self.add_grad("b", db)
         W2 = self.value_as("W", dy.dtype).reshape(F, -1)
-        dcol = np.dot(W2.T, dy2, out=self._buffer("dcol", self.col.shape, dy.dtype))
+        dcol = np.dot(W2.T, dy2, out=self.scratch("dcol", self.col.shape, dy.dtype))
         dx = np.empty(self.in_shape, dy.dtype)
         col2im(dcol, kh, kw, sh, sw, ph, pw, Ho, Wo, dx)
         return dx

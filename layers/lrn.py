@@ -39,8 +39,11 @@ class LRN(Layer):
         x = np.ascontiguousarray(self.accept(x))
         N, C, H, W = x.shape
         x3 = x.reshape(N, C, H * W)
-        y, scale, inv = (np.empty_like(x3) for _ in range(3))
-        lrn_forward(x3, self.size, self.alpha, self.beta, self.k, y, scale, inv)
+        y = np.empty_like(x3)
+        scale = self.scratch("scale", x3.shape, x3.dtype)
+        inv = self.scratch("inv", x3.shape, x3.dtype)
+        alpha, beta, k = (x.dtype.type(v) for v in (self.alpha, self.beta, self.k))
+        lrn_forward(x3, self.size, alpha, beta, k, y, scale, inv)
         self.saved = (x3, scale, inv)
         return y.reshape(x.shape)
 
@@ -50,6 +53,7 @@ class LRN(Layer):
             raise ValueError(f"{self._who()}: dy has shape {dy.shape}, expected {self.out_shape}")
         x3, scale, inv = self.saved
         dy3 = np.ascontiguousarray(dy, dtype=x3.dtype).reshape(x3.shape)
-        dx, ratio = np.empty_like(x3), np.empty_like(x3)
-        lrn_backward(x3, dy3, scale, inv, self.size, self.alpha, self.beta, dx, ratio)
+        dx, ratio = np.empty_like(x3), self.scratch("ratio", x3.shape, x3.dtype)
+        alpha, beta = x3.dtype.type(self.alpha), x3.dtype.type(self.beta)
+        lrn_backward(x3, dy3, scale, inv, self.size, alpha, beta, dx, ratio)
         return dx.reshape(self.in_shape)

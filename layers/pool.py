@@ -61,7 +61,7 @@ class MaxPool(Layer):
         require_cpu(x, "MaxPool")
         x = self.accept(x)
         y = np.empty(self.out_shape, x.dtype)
-        argmax = np.empty(self.out_shape if train else (1, 1, 1, 1), np.int32)
+        argmax = self.scratch("argmax", self.out_shape if train else (1, 1, 1, 1), np.int32)
         (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.pad
         maxpool_forward(x, kh, kw, sh, sw, ph, pw, y, argmax, train)
         # at test time no argmax is kept; a backward after it recomputes it from x

@@ -52,7 +52,7 @@ class SPP(Layer):
         x = np.ascontiguousarray(self.accept(x))
         p = self.pyramid
         y = np.empty(self.out_shape, x.dtype)
-        argmax = np.empty(self.out_shape if train else (1, 1), np.int32)
+        argmax = self.scratch("argmax", self.out_shape if train else (1, 1), np.int32)
         spp_forward(x, self.img, *p.bins, p.levels, p.lofs, p.outofs, p.src, p.order, y,
                     argmax, train)
         self.argmax, self._x_for_argmax = (argmax, None) if train else (None, x)

@@ -139,6 +139,19 @@ class Layer:
             raise ValueError(f"{self._who()}: input has {shape[1]} channels, the layer was set "
                              f"up for {self.in_shape[1]}")
 
+    def scratch(self, key, shape, dtype):
+        """A buffer this layer owns and reuses across calls (saved state, GEMM scratch).
+
+        Only state that never leaves the layer lives here: outputs and input gradients are
+        fresh arrays, since callers keep them. Reusing the rest saves the page faults of
+        allocating hundreds of MB per step."""
+        bufs = self.__dict__.setdefault("_scratch", {})
+        buf = bufs.get(key)
+        if buf is None or buf.shape != tuple(shape) or buf.dtype != dtype:
+            buf = np.empty(shape, dtype)
+            bufs[key] = buf
+        return buf
+
     def macs(self):
         """Multiply-accumulates per image (conv and fc layers; 0 for the others)."""
         return 0

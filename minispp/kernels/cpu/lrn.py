@@ -10,48 +10,58 @@
 
 scale^-beta is the one transcendental: for beta = 0.75 (every net in the paper) it is
 1 / (sqrt(s) * sqrt(sqrt(s))), for 0.5 and 1 a sqrt or a division, all of which vectorize;
-other betas use exp(-beta log s).
+other betas use exp(-beta log s). Everything is computed in the input's dtype.
 """
 import math
 
 import numba as nb
+import numpy as np
 
 
 @nb.njit(inline="always", fastmath=True)
-def _neg_pow(s, beta):
+def _normalize_plane(xr, acc, k, a, beta, yr, scale_r, inv_r):
+    """scale = k + a acc; inv = scale^-beta; y = x inv over one plane. The choice of formula
+    is made once per plane, outside the pixel loops, so each loop vectorizes."""
+    HW = xr.shape[0]
+    for p in range(HW):
+        scale_r[p] = k + a * acc[p]
     if beta == 0.75:
-        r = math.sqrt(s)
-        return 1.0 / (r * math.sqrt(r))
-    if beta == 0.5:
-        return 1.0 / math.sqrt(s)
-    if beta == 1.0:
-        return 1.0 / s
-    return math.exp(-beta * math.log(s))
+        for p in range(HW):
+            r = math.sqrt(scale_r[p])
+            inv_r[p] = 1.0 / (r * math.sqrt(r))
+    elif beta == 0.5:
+        for p in range(HW):
+            inv_r[p] = 1.0 / math.sqrt(scale_r[p])
+    elif beta == 1.0:
+        for p in range(HW):
+            inv_r[p] = 1.0 / scale_r[p]
+    else:
+        for p in range(HW):
+            inv_r[p] = math.exp(-beta * math.log(scale_r[p]))
+    for p in range(HW):
+        yr[p] = xr[p] * inv_r[p]
 
 
 @nb.njit(parallel=True, cache=True, fastmath=True)
 def lrn_forward(x, size, alpha, beta, k, y, scale, inv):
-    """x, y, scale, inv: (N, C, HW). Writes y, scale and inv = scale^-beta. Parallel over
-    (n, c); each output sums its own `size` squared planes, which stay in cache."""
+    """x, y, scale, inv: (N, C, HW); alpha, beta, k: scalars of x's dtype (so float32 maps
+    compute in float32). Writes y, scale and inv = scale^-beta. Parallel over
+    (n, c); each output plane sums its `size` squared neighbour planes (which stay in cache)
+    into an accumulator, plane by plane, so the inner loops run over contiguous pixels and
+    vectorize."""
     N, C, HW = x.shape
     lo = size // 2
     hi = (size - 1) // 2
-    a = alpha / size
+    a = alpha / x.dtype.type(size)
     for nc in nb.prange(N * C):
         n = nc // C
         c = nc % C
-        j0 = max(c - lo, 0)
-        j1 = min(c + hi, C - 1)
-        for p in range(HW):
-            s = 0.0
-            for j in range(j0, j1 + 1):
+        acc = np.zeros(HW, dtype=x.dtype)
+        for j in range(max(c - lo, 0), min(c + hi, C - 1) + 1):
+            for p in range(HW):
                 v = x[n, j, p]
-                s += v * v
-            sc = k + a * s
-            iv = _neg_pow(sc, beta)
-            scale[n, c, p] = sc
-            inv[n, c, p] = iv
-            y[n, c, p] = x[n, c, p] * iv
+                acc[p] += v * v
+        _normalize_plane(x[n, c], acc, k, a, beta, y[n, c], scale[n, c], inv[n, c])
 
 
 @nb.njit(parallel=True, cache=True, fastmath=True)
@@ -62,7 +72,7 @@ def lrn_backward(x, dy, scale, inv, size, alpha, beta, dx, ratio):
     N, C, HW = x.shape
     lo = size // 2
     hi = (size - 1) // 2
-    coef = 2.0 * alpha * beta / size
+    coef = 2 * alpha * beta / x.dtype.type(size)
     for nc in nb.prange(N * C):
         n = nc // C
         c = nc % C
@@ -71,10 +81,9 @@ def lrn_backward(x, dy, scale, inv, size, alpha, beta, dx, ratio):
     for nc in nb.prange(N * C):
         n = nc // C
         c = nc % C
-        j0 = max(c - hi, 0)
-        j1 = min(c + lo, C - 1)
+        acc = np.zeros(HW, dtype=x.dtype)
+        for j in range(max(c - hi, 0), min(c + lo, C - 1) + 1):
+            for p in range(HW):
+                acc[p] += ratio[n, j, p]
         for p in range(HW):
-            s = 0.0
-            for j in range(j0, j1 + 1):
-                s += ratio[n, j, p]
-            dx[n, c, p] = dy[n, c, p] * inv[n, c, p] - coef * x[n, c, p] * s
+            dx[n, c, p] = dy[n, c, p] * inv[n, c, p] - coef * x[n, c, p] * acc[p]
