@@ -10,14 +10,13 @@ machine); without it the minispp times are printed alone.
 """
 import argparse
 import os
-import statistics
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import minispp  # noqa: E402,F401  (first: it sets OpenBLAS's thread timeout before NumPy loads it)
 import numpy as np  # noqa: E402
+from timing import median_time  # noqa: E402
 from layers import LRN, SPP, Conv, MaxPool, WindowSPP  # noqa: E402
 from minispp import Params  # noqa: E402
 from minispp.geometry import window_to_feature_map  # noqa: E402
@@ -27,17 +26,6 @@ try:
     import torch.nn.functional as F
 except ImportError:
     torch = None
-
-
-def median_time(fn, repeat, warmup=2):
-    for _ in range(warmup):          # compile / load the Numba cache, warm the allocator
-        fn()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def report(name, ours, ref, target=None):

@@ -9,14 +9,13 @@ minispp's time goes per layer.
 """
 import argparse
 import os
-import statistics
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import minispp  # noqa: E402,F401  (first: it sets OpenBLAS's thread timeout before NumPy loads)
 import numpy as np  # noqa: E402
+from timing import median_time  # noqa: E402
 from nets import build, parse_size, parse_spp  # noqa: E402
 
 try:
@@ -24,17 +23,6 @@ try:
     from torch_nets import torch_net
 except ImportError:
     torch = None
-
-
-def median_time(fn, repeat, warmup=1):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def main():
