@@ -18,9 +18,12 @@ setup(
         "h5py>=3.8",
         "pillow>=10.0",
         "tqdm>=4.60",
+        "scikit-image>=0.21",
     ],
+    entry_points={"console_scripts": ["minispp = train.cli:main"]},
     extras_require={
         "gpu": ["cupy-cuda12x>=13"],
         "test": ["pytest>=7"],
+        "plots": ["matplotlib>=3.6"],
     },
 )

@@ -10,7 +10,8 @@ class Conv(Layer):
     """2-D convolution, NCHW.
 
     out_channels: F filters. kernel, stride, pad: int or (h, w) pair; zero padding.
-    std: Gaussian std of the weight init; bias: initial bias value. lr_mult, decay_mult:
+    std: Gaussian std of the weight init, or None for sqrt(2 / fan_in) with fan_in = C kh kw
+    (He et al. 2015, the init for ReLU nets); bias: initial bias value. lr_mult, decay_mult:
     (weight, bias) multipliers kept with the parameters for the solver.
 
     x: (N, C, H, W) -> y: (N, F, Ho, Wo), Ho = (H + 2 ph - kh) // sh + 1.
@@ -38,14 +39,15 @@ class Conv(Layer):
         if min(self.stride) < 1:
             raise ValueError(f"stride must be >= 1, got {stride!r}")
         self.pad = as_pair(pad, "pad")
-        self.std, self.bias_value = float(std), float(bias)
+        self.std, self.bias_value = (None if std is None else float(std)), float(bias)
         self.lr_mult, self.decay_mult = lr_mult, decay_mult
         self.col = None
 
     def create_params(self, in_shape, params, rng):
         kh, kw = self.kernel
         shape = (self.out_channels, in_shape[1], kh, kw)
-        params.get_or_create(f"{self.name}.W", shape, lambda s: rng.normal(0.0, self.std, s),
+        std = self.std if self.std is not None else np.sqrt(2.0 / (in_shape[1] * kh * kw))
+        params.get_or_create(f"{self.name}.W", shape, lambda s: rng.normal(0.0, std, s),
                              self.lr_mult[0], self.decay_mult[0])
         params.get_or_create(f"{self.name}.b", (self.out_channels,),
                              lambda s: np.full(s, self.bias_value), self.lr_mult[1], self.decay_mult[1])

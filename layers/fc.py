@@ -7,8 +7,8 @@ from minispp.layer import Layer
 class FC(Layer):
     """y = x2 @ W.T + b with x2 = x.reshape(N, D) (an NCHW map or SPP vector is flattened).
 
-    out_features: M. W: (M, D), b: (M,) as "<name>.W", "<name>.b". std: Gaussian init std;
-    bias: initial bias value.
+    out_features: M. W: (M, D), b: (M,) as "<name>.W", "<name>.b". std: Gaussian init std,
+    or None for sqrt(2 / D) (He et al. 2015); bias: initial bias value.
     Backward: dW = dy.T @ x2, db = sum of dy over the batch, dx = (dy @ W) in x's shape.
     """
 
@@ -22,14 +22,15 @@ class FC(Layer):
         if int(out_features) != out_features or out_features < 1:
             raise ValueError(f"out_features must be a positive integer, got {out_features!r}")
         self.out_features = int(out_features)
-        self.std, self.bias_value = float(std), float(bias)
+        self.std, self.bias_value = (None if std is None else float(std)), float(bias)
         self.lr_mult, self.decay_mult = lr_mult, decay_mult
         self.x2 = None
 
     def create_params(self, in_shape, params, rng):
         D = int(np.prod(in_shape[1:]))
+        std = self.std if self.std is not None else np.sqrt(2.0 / D)
         params.get_or_create(f"{self.name}.W", (self.out_features, D),
-                             lambda s: rng.normal(0.0, self.std, s), self.lr_mult[0], self.decay_mult[0])
+                             lambda s: rng.normal(0.0, std, s), self.lr_mult[0], self.decay_mult[0])
         params.get_or_create(f"{self.name}.b", (self.out_features,),
                              lambda s: np.full(s, self.bias_value), self.lr_mult[1], self.decay_mult[1])
         self.param_names = (f"{self.name}.W", f"{self.name}.b")

@@ -9,6 +9,7 @@ renamed over the target: a run killed mid-write leaves the previous checkpoint i
 Layout:
     /params/<name>            one dataset per parameter ("conv1.W")
     /state/<name>/<key>       solver state of that parameter
+    /extras/<name>            other arrays of the run (the mean image, the colour PCA)
     attrs: format, minispp_version, definition, definition_args (JSON), checksum, meta (JSON)
 """
 import hashlib
@@ -49,8 +50,10 @@ def atomic_h5(path, write):
             os.remove(tmp)
 
 
-def save_checkpoint(path, params, definition, definition_args, meta=None, version=""):
-    """Write params (values and solver state), the definition and meta to path, atomically."""
+def save_checkpoint(path, params, definition, definition_args, meta=None, version="",
+                    extras=None):
+    """Write params (values and solver state), the definition, meta and extra arrays to
+    path, atomically."""
     values = {p.name: p.value for p in params}
 
     def write(f):
@@ -68,12 +71,15 @@ def save_checkpoint(path, params, definition, definition_args, meta=None, versio
                 sp = s.create_group(p.name)
                 for key, arr in p.state.items():
                     sp.create_dataset(key, data=arr)
+        e = f.create_group("extras")
+        for name, arr in (extras or {}).items():
+            e.create_dataset(name, data=arr)
     atomic_h5(path, write)
 
 
 class Checkpoint:
     """What read_checkpoint returns: definition, definition_args, meta, version, params
-    ({name: array}), state ({name: {key: array}}), checksum, path."""
+    ({name: array}), state ({name: {key: array}}), extras ({name: array}), checksum, path."""
 
     def __init__(self, path, **fields):
         self.path = path
@@ -93,11 +99,13 @@ def read_checkpoint(path):
                 raise ValueError(f"checkpoint {path}: format {fmt!r}, expected {FORMAT!r}")
             params = {name: ds[()] for name, ds in f["params"].items()}
             state = {name: {k: ds[()] for k, ds in g.items()} for name, g in f["state"].items()}
+            extras = {name: ds[()] for name, ds in f["extras"].items()} if "extras" in f else {}
             ck = Checkpoint(path, definition=str(f.attrs["definition"]),
                             definition_args=json.loads(f.attrs["definition_args"]),
                             meta=json.loads(f.attrs["meta"]),
                             version=str(f.attrs["minispp_version"]),
-                            checksum=str(f.attrs["checksum"]), params=params, state=state)
+                            checksum=str(f.attrs["checksum"]), params=params, state=state,
+                            extras=extras)
     except ValueError:
         raise
     except (OSError, KeyError, RuntimeError) as err:

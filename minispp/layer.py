@@ -28,6 +28,11 @@ def as_pair(v, what):
     return int(a), int(b)
 
 
+class NonFiniteError(ValueError, FloatingPointError):
+    """A NaN or inf reached a layer: bad input data (a ValueError) or a diverged training
+    run (a FloatingPointError, which the trainer stops on)."""
+
+
 def first_nonfinite(x):
     """Index tuple and value of the first NaN/inf in x (for error messages)."""
     idx = np.argwhere(~np.isfinite(x))[0]
@@ -128,7 +133,7 @@ class Layer:
             self.reshape(x.shape)
         if not bool(xp.isfinite(x.sum())):
             idx, val = first_nonfinite(x)
-            raise ValueError(f"{self._who()}: input has a non-finite value {val} at index {idx}")
+            raise NonFiniteError(f"{self._who()}: input has a non-finite value {val} at index {idx}")
         return x
 
     def check_compatible(self, shape):

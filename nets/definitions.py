@@ -1,6 +1,10 @@
 """The paper's networks (Sec. 3.1.1, Table 1 as restored in SPEC.md §2) and small nets of
 the same shape for tests.
 
+Init: Gaussian weights with He et al.'s per-layer std sqrt(2 / fan_in) (the authors' own
+init for ReLU nets, 2015), fc8 std 0.01; biases 0, or 0.1 for conv2/4/5 as in Caffe's AlexNet.
+The inputs are normalized to unit scale (train.views), which this init assumes.
+
 Paddings are chosen, as the paper says, "to produce the expected output feature map size"
 at 224 x 224; map sizes below are for that input. Pooling rounds up (ceil mode, as Caffe
 and cuda-convnet did) unless noted. ReLU follows every conv and fc layer; fc6 and fc7 have
@@ -13,7 +17,7 @@ from .specs import conv, dropout, fc, head, lrn, pool, pool5_or_spp, relu, spp a
 def zf5(num_classes=1000, spp=(6, 3, 2, 1), form="appendix"):
     """ZF-5: conv5 13x13 at 224 (10x10 at 180), feature stride 16."""
     return [
-        conv("conv1", 96, 7, stride=2, pad=1), relu("relu1"),      # 110x110
+        conv("conv1", 96, 7, stride=2, pad=1), relu("relu1"),  # 110x110
         lrn("norm1"), pool("pool1", 3, 2),                          # 55x55
         conv("conv2", 256, 5, stride=2, pad=1, bias=0.1), relu("relu2"),   # 27x27
         lrn("norm2"), pool("pool2", 3, 2),                          # 13x13
@@ -26,7 +30,7 @@ def zf5(num_classes=1000, spp=(6, 3, 2, 1), form="appendix"):
 def convnet5(num_classes=1000, spp=(6, 3, 2, 1), form="appendix"):
     """Convnet*-5 (AlexNet with pooling moved after conv2 and conv3): conv5 13x13."""
     return [
-        conv("conv1", 96, 11, stride=4, pad=2), relu("relu1"),      # 55x55
+        conv("conv1", 96, 11, stride=4, pad=2), relu("relu1"),  # 55
         lrn("norm1"),
         conv("conv2", 256, 5, pad=2, bias=0.1), relu("relu2"),      # 55x55
         lrn("norm2"), pool("pool2", 3, 2),                          # 27x27
@@ -39,7 +43,7 @@ def convnet5(num_classes=1000, spp=(6, 3, 2, 1), form="appendix"):
 
 def _overfeat(depth, num_classes, spp, form):
     layers = [
-        conv("conv1", 96, 7, stride=2), relu("relu1"),              # 109x109
+        conv("conv1", 96, 7, stride=2), relu("relu1"),  # 109x109
         pool("pool1", 3, 3, ceil=False), lrn("norm1"),              # 36x36 (pool, then LRN)
         conv("conv2", 256, 5, pad=2, bias=0.1), relu("relu2"),      # 36x36
         pool("pool2", 2, 2),                                        # 18x18

@@ -65,6 +65,7 @@ class Model:
         self.params = params if params is not None else Params(dtype)
         self.rng = rng if rng is not None else np.random.default_rng(0)
         self.meta = {}
+        self.extras = {}
         self._instances = OrderedDict()
         self.instance(batch=1, size=CANONICAL_SIZE)       # creates every parameter
 
@@ -139,10 +140,11 @@ class Model:
         return self.instance(1, size).summary()
 
     # -- saving and loading ------------------------------------------------------------------
-    def save(self, path, meta=None):
-        """Write a checkpoint (parameters, solver state, definition, meta) atomically."""
+    def save(self, path, meta=None, extras=None):
+        """Write a checkpoint (parameters, solver state, definition, meta, extra arrays)
+        atomically."""
         save_checkpoint(path, self.params, self.definition, self._args_json(), meta,
-                        minispp.__version__)
+                        minispp.__version__, extras)
 
     def _args_json(self):
         a = dict(self.args)
@@ -162,7 +164,7 @@ class Model:
         self._assign(ck.params, f"checkpoint {path}", strict=True)
         for p in self.params:
             p.state = {k: np.array(v, dtype=p.value.dtype) for k, v in ck.state.get(p.name, {}).items()}
-        self.meta = ck.meta
+        self.meta, self.extras = ck.meta, ck.extras
         return ck.meta
 
     def _assign(self, arrays, source, strict):

@@ -23,7 +23,7 @@ class Spec:
         return f"{self.name}: {self.kind}({inner})"
 
 
-def conv(name, filters, size, stride=1, pad=0, std=0.01, bias=0.0, lr_mult=(1.0, 2.0),
+def conv(name, filters, size, stride=1, pad=0, std=None, bias=0.0, lr_mult=(1.0, 2.0),
          decay_mult=(1.0, 0.0)):
     return Spec(name, "conv", dict(filters=filters, size=size, stride=stride, pad=pad, std=std,
                                    bias=bias, lr_mult=lr_mult, decay_mult=decay_mult))
@@ -45,7 +45,7 @@ def spp(name, levels, form="appendix"):
     return Spec(name, "spp", dict(levels=tuple(levels), form=form))
 
 
-def fc(name, outputs, std=0.005, bias=0.0, lr_mult=(1.0, 2.0), decay_mult=(1.0, 0.0)):
+def fc(name, outputs, std=None, bias=0.0, lr_mult=(1.0, 2.0), decay_mult=(1.0, 0.0)):
     return Spec(name, "fc", dict(outputs=outputs, std=std, bias=bias, lr_mult=lr_mult,
                                  decay_mult=decay_mult))
 

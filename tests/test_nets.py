@@ -127,7 +127,8 @@ def test_parameter_init_is_seeded_and_lr_multipliers_are_stored():
         np.testing.assert_array_equal(p.value, b.params[p.name].value)
     assert not np.array_equal(a.params["conv1.W"].value, c.params["conv1.W"].value)
     zf = build("zf5", rng=np.random.default_rng(0))
-    assert zf.params["conv1.W"].value.std() == pytest.approx(0.01, rel=0.05)
+    assert zf.params["conv1.W"].value.std() == pytest.approx(np.sqrt(2 / 147), rel=0.05)    # He
+    assert zf.params["conv4.W"].value.std() == pytest.approx(np.sqrt(2 / 3456), rel=0.05)
     assert zf.params["fc6.W"].value.std() == pytest.approx(0.005, rel=0.05)
     assert np.all(zf.params["fc6.b"].value == np.float32(0.1))
     assert (zf.params["conv2.b"].lr_mult, zf.params["conv2.b"].decay_mult) == (2.0, 0.0)

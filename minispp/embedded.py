@@ -1,0 +1,184 @@
+"""The embedded default data set: real photographs shipped by registry packages
+(scikit-image's ``skimage.data`` and scikit-learn's sample images), composed into a
+classification task that needs a CNN, generated deterministically from a seed on first use
+and written to disk in the ImageNet class-folder layout, so it is read back through the same
+reader as real data.
+
+Each image: a cluttered background (a random crop of one of several texture photographs,
+colour-cast, with smaller patches of other textures pasted over it), and one object, a
+region cut from one of ten photographs (the class), pasted at a random scale (30-75% of the
+shorter side), aspect jitter, position and flip, with a colour cast and brightness/contrast
+jitter, under a soft-edged mask (the horse's own silhouette and the logo's alpha where the
+photo has one). Image sizes are drawn independently per side from 200-360 pixels.
+
+``compose`` returns the object boxes as well (x1, y1, x2, y2, 0-based inclusive pixels),
+and can place several objects: the detection variant in the VOC layout builds on it.
+"""
+import json
+import os
+
+import numpy as np
+from PIL import Image
+
+CLASSES = ("astronaut", "cat", "coffee", "rocket", "motorcycle", "horse", "cameraman",
+           "temple", "flower", "logo")
+GENERATOR_VERSION = 1
+
+
+def _sources():
+    """{class: (rgb uint8 (h, w, 3), mask float32 (h, w) in [0, 1] or None)}, and a list of
+    background textures (rgb uint8)."""
+    import skimage.data as d
+    from sklearn.datasets import load_sample_images
+    china, flower = load_sample_images().images
+
+    def rgb(a):
+        return np.repeat(a[..., None], 3, axis=2) if a.ndim == 2 else a[..., :3]
+
+    horse = d.horse()                      # bool silhouette: True is background
+    logo = d.logo()
+    objects = {
+        "astronaut": (d.astronaut()[20:300, 130:370], None),
+        "cat": (d.chelsea()[10:290, 100:340], None),
+        "coffee": (d.coffee()[30:330, 160:460], None),
+        "rocket": (d.rocket()[0:420, 230:430], None),
+        "motorcycle": (d.stereo_motorcycle()[0][120:470, 90:690], None),
+        "horse": (np.zeros(horse.shape + (3,), np.uint8) + np.array([120, 80, 40], np.uint8),
+                  (~horse).astype(np.float32)),
+        "cameraman": (rgb(d.camera()[30:430, 90:390]), None),
+        "temple": (china[0:290, 90:420], None),
+        "flower": (flower[40:400, 170:560], None),
+        "logo": (logo[..., :3], logo[..., 3].astype(np.float32) / 255),
+    }
+    backgrounds = [rgb(d.brick()), rgb(d.grass()), rgb(d.gravel()), rgb(d.text()),
+                   rgb(d.page()), rgb(d.moon()), rgb(d.coins()), d.hubble_deep_field()[..., :3],
+                   d.retina()[200:1200, 200:1200]]
+    return {c: objects[c] for c in CLASSES}, backgrounds
+
+
+def _soft_ellipse(h, w):
+    """An elliptical mask with a feathered edge: photo crops lose their rectangle."""
+    y, x = np.mgrid[0:h, 0:w]
+    r = ((x + 0.5) / w * 2 - 1) ** 2 + ((y + 0.5) / h * 2 - 1) ** 2
+    return np.clip((1.0 - r) / 0.15, 0, 1).astype(np.float32)
+
+
+def _resize(a, w, h, resample=Image.BILINEAR):
+    if a.dtype == np.float32:
+        return np.asarray(Image.fromarray(a, mode="F").resize((w, h), resample))
+    return np.asarray(Image.fromarray(a).resize((w, h), resample))
+
+
+def _random_crop(rng, img, h, w):
+    """A crop of img at a random scale and position, resized to (h, w)."""
+    H, W = img.shape[:2]
+    s = rng.uniform(0.4, 1.0)
+    ch = max(8, int(min(H, W * h / w) * s))
+    cw = max(8, int(ch * w / h))
+    cw = min(cw, W)
+    ch = min(ch, H)
+    y = rng.integers(0, H - ch + 1)
+    x = rng.integers(0, W - cw + 1)
+    return _resize(np.ascontiguousarray(img[y:y + ch, x:x + cw]), w, h)
+
+
+def _cast(rng, img, strength):
+    """Colour cast and brightness/contrast jitter, float32 in [0, 255]."""
+    f = img.astype(np.float32)
+    gains = rng.uniform(1 - strength, 1 + strength, 3).astype(np.float32)
+    mean = f.mean()
+    contrast = rng.uniform(0.7, 1.3)
+    f = (f - mean) * contrast + mean * rng.uniform(0.75, 1.25)
+    return np.clip(f * gains, 0, 255)
+
+
+def background(rng, backgrounds, h, w):
+    canvas = _cast(rng, _random_crop(rng, backgrounds[rng.integers(len(backgrounds))], h, w), 0.5)
+    for _ in range(rng.integers(2, 6)):                 # clutter: patches of other textures
+        ph, pw = rng.integers(h // 8, h // 3), rng.integers(w // 8, w // 3)
+        patch = _cast(rng, _random_crop(rng, backgrounds[rng.integers(len(backgrounds))], ph, pw), 0.5)
+        y, x = rng.integers(0, h - ph + 1), rng.integers(0, w - pw + 1)
+        canvas[y:y + ph, x:x + pw] = patch
+    return canvas
+
+
+def paste(rng, canvas, obj, mask):
+    """Paste one object at a random scale/position; return its box (x1, y1, x2, y2)."""
+    h, w = canvas.shape[:2]
+    oh, ow = obj.shape[:2]
+    side = rng.uniform(0.30, 0.75) * min(h, w)
+    aspect = rng.uniform(0.85, 1.15) * ow / oh
+    th = int(max(12, min(h, side / max(1.0, aspect) if aspect >= 1 else side)))
+    tw = int(max(12, min(w, th * aspect)))
+    th = int(max(12, min(h, tw / aspect)))
+    img = _resize(np.ascontiguousarray(obj), tw, th)
+    m = _soft_ellipse(th, tw) if mask is None else _resize(mask, tw, th)
+    if rng.random() < 0.5:
+        img, m = img[:, ::-1], m[:, ::-1]
+    img = _cast(rng, img, 0.25)
+    y, x = rng.integers(0, h - th + 1), rng.integers(0, w - tw + 1)
+    region = canvas[y:y + th, x:x + tw]
+    region[...] = region * (1 - m[..., None]) + img * m[..., None]
+    ys, xs = np.nonzero(m > 0.5)
+    return (int(x + xs.min()), int(y + ys.min()), int(x + xs.max()), int(y + ys.max()))
+
+
+def compose(rng, sources, backgrounds, labels, size):
+    """An image (uint8 (h, w, 3)) with one object per label; returns (image, boxes)."""
+    h, w = size
+    canvas = background(rng, backgrounds, h, w)
+    boxes = [paste(rng, canvas, *sources[CLASSES[c]]) for c in labels]
+    return np.clip(canvas + 0.5, 0, 255).astype(np.uint8), boxes
+
+
+def make_classification(root, seed=0, train_per_class=120, val_per_class=30):
+    """Write the classification variant to root/{train,val}/<class>/*.jpg (if not already
+    there with the same arguments). Returns root. Writing goes to a temporary folder that is
+    renamed when complete, so an interrupted generation is redone, never half-used."""
+    root = os.fspath(root)
+    stamp = {"generator": GENERATOR_VERSION, "seed": seed, "train_per_class": train_per_class,
+             "val_per_class": val_per_class, "classes": list(CLASSES)}
+    stamp_path = os.path.join(root, "embedded.json")
+    if os.path.exists(stamp_path):
+        with open(stamp_path) as f:
+            if json.load(f) == stamp:
+                return root
+        raise ValueError(f"{root} holds an embedded data set made with other arguments "
+                         f"({stamp_path}); remove it or choose another folder")
+    if os.path.exists(root) and os.listdir(root):
+        raise ValueError(f"{root} exists and is not an embedded data set; choose another folder")
+    tmp = root.rstrip("/") + ".partial"
+    if os.path.exists(tmp):
+        import shutil
+        shutil.rmtree(tmp)
+    sources, backgrounds = _sources()
+    for split, count, offset in (("train", train_per_class, 0), ("val", val_per_class, 1)):
+        for c, name in enumerate(CLASSES):
+            folder = os.path.join(tmp, split, name)
+            os.makedirs(folder)
+            for i in range(count):
+                rng = np.random.default_rng([seed, offset, c, i])   # each image on its own
+                size = (int(rng.integers(200, 361)), int(rng.integers(200, 361)))
+                img, _ = compose(rng, sources, backgrounds, [c], size)
+                Image.fromarray(img).save(os.path.join(folder, f"{name}_{i:05d}.jpg"), quality=90)
+    with open(os.path.join(tmp, "embedded.json"), "w") as f:
+        json.dump(stamp, f, indent=1)
+    if os.path.exists(root):
+        os.rmdir(root)
+    os.replace(tmp, root)
+    return root
+
+
+def preview(root, path, per_class=4):
+    """A grid PNG of the first images of every class (for the README)."""
+    tiles = []
+    for name in CLASSES:
+        row = []
+        for i in range(per_class):
+            img = Image.open(os.path.join(root, "train", name, f"{name}_{i:05d}.jpg")).convert("RGB")
+            img.thumbnail((120, 120))
+            tile = Image.new("RGB", (124, 124), (255, 255, 255))
+            tile.paste(img, ((124 - img.width) // 2, (124 - img.height) // 2))
+            row.append(np.asarray(tile))
+        tiles.append(np.concatenate(row, axis=1))
+    Image.fromarray(np.concatenate(tiles, axis=0)).save(path)

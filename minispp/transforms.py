@@ -1,0 +1,103 @@
+"""Image transforms of the paper's training and testing (SPEC.md §3-4; Sec. 3.1, Appendix).
+
+Images are uint8 (H, W, 3) RGB until ``to_input``, which makes a float32 (3, h, w) array
+minus the mean. All random choices take a numpy Generator.
+"""
+import numpy as np
+from PIL import Image
+
+CROP_POSITIONS = ("center", "top-left", "top-right", "bottom-left", "bottom-right")
+
+
+def resize_min_side(img, s):
+    """Resize so the shorter side is s, keeping the aspect ratio (bilinear, antialiased)."""
+    h, w = img.shape[:2]
+    if min(h, w) == s:
+        return img
+    scale = s / min(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    if h <= w:
+        size = (size[0], s)
+    else:
+        size = (s, size[1])
+    return np.asarray(Image.fromarray(img).resize(size, Image.BILINEAR, reducing_gap=3.0))
+
+
+def resize_to(img, h, w):
+    """Warp to exactly h x w (the 180 input is the 224 crop resized; the 'warp' view)."""
+    if img.shape[:2] == (h, w):
+        return img
+    return np.asarray(Image.fromarray(img).resize((w, h), Image.BILINEAR, reducing_gap=3.0))
+
+
+def crop_box(h, w, size, position):
+    """(y, x) of a size x size crop at one of CROP_POSITIONS of an h x w image."""
+    if h < size or w < size:
+        raise ValueError(f"image {h}x{w} is smaller than the {size}x{size} crop")
+    if position == "center":
+        return (h - size) // 2, (w - size) // 2
+    y = 0 if position.startswith("top") else h - size
+    x = 0 if position.endswith("left") else w - size
+    if position not in CROP_POSITIONS:
+        raise ValueError(f"unknown crop position {position!r}; expected one of {CROP_POSITIONS}")
+    return y, x
+
+
+def crop(img, size, position):
+    y, x = crop_box(img.shape[0], img.shape[1], size, position)
+    return img[y:y + size, x:x + size]
+
+
+def flip(img):
+    return img[:, ::-1]
+
+
+def rgb_pca(images, max_pixels=200_000, rng=None):
+    """Eigenvalues (3,) and eigenvectors (3, 3, columns) of the RGB covariance of pixels
+    sampled from uint8 images, on the 0-255 scale (Krizhevsky et al.'s colour PCA)."""
+    rng = rng if rng is not None else np.random.default_rng(0)
+    per = max(1, max_pixels // max(1, len(images)))
+    pix = []
+    for img in images:
+        flat = img.reshape(-1, 3)
+        pix.append(flat[rng.integers(0, len(flat), min(per, len(flat)))])
+    pix = np.concatenate(pix).astype(np.float64)
+    vals, vecs = np.linalg.eigh(np.cov(pix, rowvar=False))
+    return vals[::-1].copy(), vecs[:, ::-1].copy()
+
+
+def lighting(img_f, eigvals, eigvecs, rng, std=0.1):
+    """PCA lighting noise (Krizhevsky et al.): add eigvecs @ (alpha * sqrt(eigvals)),
+    alpha ~ N(0, std), to every pixel of a float (H, W, 3) image on the 0-255 scale.
+
+    The eigenvalues here are variances in 0-255 units (thousands); their square roots, the
+    spread along each colour axis, give the shift of a few intensity levels that the
+    published ImageNet values give (scaling by the variances would shift pixels by hundreds).
+    """
+    alpha = rng.normal(0.0, std, 3)
+    shift = eigvecs @ (alpha * np.sqrt(np.maximum(eigvals, 0)))
+    return img_f + shift.astype(img_f.dtype)
+
+
+def to_input(img, mean, scale=1.0):
+    """uint8 or float (h, w, 3) -> float32 (3, h, w): (img - mean) * scale.
+
+    mean: a (3, H, W) mean image (warped here to the input size when it differs, as the
+    Appendix does) or a scalar such as 128. scale: 1 / the pixels' standard deviation puts
+    the input at unit scale (see train.views)."""
+    x = np.ascontiguousarray(np.asarray(img, dtype=np.float32).transpose(2, 0, 1))
+    if np.ndim(mean) == 0:
+        x -= np.float32(mean)
+    else:
+        if mean.shape[1:] != x.shape[1:]:
+            mean = warp_mean(mean, x.shape[1], x.shape[2])
+        x -= mean
+    if scale != 1.0:
+        x *= np.float32(scale)
+    return x
+
+
+def warp_mean(mean, h, w):
+    """The (3, H, W) mean image resized to (3, h, w)."""
+    return np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(m), mode="F").resize(
+        (w, h), Image.BILINEAR)) for m in mean]).astype(np.float32)

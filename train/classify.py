@@ -1,0 +1,284 @@
+"""Classification training (paper Sec. 3.1, 2.3): single-size, multi-size and random-size.
+
+One model (one Params store) and one fixed-size Net instance per input size, like
+cuda-convnet's networks that share all parameters: a multi-size run trains a whole epoch at
+224, the next at 180 (the 224 crops resized), and so on; a random-size run draws the size
+from [180, 224] each epoch. SGD with momentum, the learning rate divided by 10 when the
+validation error plateaus (at most twice).
+
+Robustness: a checkpoint after every epoch and on Ctrl-C (atomic writes); --resume continues
+exactly where the run stopped, mid-epoch included (same batches, same dropout masks, same
+losses); a NaN/inf loss stops the run and keeps the last good checkpoint; an unreadable image
+is reported and skipped.
+"""
+import csv
+import json
+import os
+import signal
+import time
+
+import numpy as np
+from tqdm import tqdm
+
+import nets
+from minispp.imagefolder import BadImage, ImageFolder
+from minispp.loader import BatchLoader
+from minispp.solver import SGD, PlateauSchedule
+from minispp.transforms import crop, resize_min_side, rgb_pca
+
+from .evaluate import evaluate, topk_errors
+from .views import CROP, RESIZE, InputMaker
+
+MODES = ("single", "multi", "random")
+CHECKPOINT = "checkpoint.h5"
+BEST = "best.h5"
+
+
+class TrainingStopped(Exception):
+    """The run stopped early (NaN loss); .code is the exit status for the command line."""
+
+    def __init__(self, message, code):
+        super().__init__(message)
+        self.code = code
+
+
+def epoch_size(mode, epoch, seed):
+    """The input side of an epoch: 224; 224 and 180 alternating; or uniform in [180, 224]."""
+    if mode == "single":
+        return CROP
+    if mode == "multi":
+        return CROP if epoch % 2 == 0 else 180
+    return int(np.random.default_rng([seed, 3, epoch]).integers(180, CROP + 1))
+
+
+def data_statistics(dataset, count, seed):
+    """Mean image (3, 224, 224) of center crops, the standard deviation of the mean-subtracted
+    pixels (a scalar) and the RGB PCA, from up to `count` images."""
+    rng = np.random.default_rng([seed, 4])
+    idx = rng.permutation(len(dataset))[:count]
+    total = np.zeros((CROP, CROP, 3), np.float64)
+    crops, n = [], 0
+    for i in idx:
+        try:
+            img, _ = dataset.load(int(i))
+        except BadImage:
+            continue
+        c = crop(resize_min_side(img, RESIZE), CROP, "center")
+        total += c
+        crops.append(c)
+        n += 1
+    if n == 0:
+        raise ValueError(f"no readable image in {dataset.root}")
+    mean_hwc = total / n
+    std = float(np.sqrt(np.mean([np.mean((c - mean_hwc) ** 2) for c in crops])))
+    vals, vecs = rgb_pca(crops, rng=rng)
+    return (mean_hwc.transpose(2, 0, 1).astype(np.float32), np.float32(max(std, 1e-3)),
+            vals.astype(np.float32), vecs.astype(np.float32))
+
+
+class Trainer:
+    """Everything of one run: data, model, solver, schedule, position, history, files."""
+
+    def __init__(self, data, out, net="zf5", spp=(6, 3, 2, 1), form="appendix", mode="multi",
+                 epochs=10, batch=32, lr=0.01, momentum=0.9, weight_decay=5e-4, seed=0,
+                 workers=2, mean="image", patience=3, resume=False, stats_images=1000,
+                 progress=True):
+        if mode not in MODES:
+            raise ValueError(f"--mode must be one of {MODES}, got {mode!r}")
+        if spp is None and mode != "single":
+            raise ValueError(f"a no-SPP net takes only 224x224 inputs: use --mode single, not {mode}")
+        self.out, self.progress = os.fspath(out), progress
+        os.makedirs(self.out, exist_ok=True)
+        self.ckpt_path = os.path.join(self.out, CHECKPOINT)
+        self.train_set = ImageFolder(os.path.join(data, "train"))
+        self.val_set = ImageFolder(os.path.join(data, "val"), classes=self.train_set.classes)
+        self.workers = workers
+        if resume:
+            self._resume(epochs)
+        else:
+            if os.path.exists(self.ckpt_path):
+                raise ValueError(f"{self.ckpt_path} exists: pass --resume to continue that run, "
+                                 f"or choose another --out")
+            self.cfg = {"data": os.path.abspath(data), "net": net,
+                        "spp": list(spp) if spp else None, "form": form, "mode": mode,
+                        "epochs": epochs, "batch": batch, "lr": lr, "momentum": momentum,
+                        "weight_decay": weight_decay, "seed": seed, "mean": mean,
+                        "patience": patience, "classes": self.train_set.classes}
+            self.model = nets.build(net, num_classes=len(self.train_set.classes), spp=spp,
+                                    form=form, rng=np.random.default_rng([seed, 0]))
+            mean_img, std, vals, vecs = data_statistics(self.train_set, stats_images, seed)
+            self.extras = {"mean_image": mean_img, "pixel_std": std, "pca_eigvals": vals,
+                           "pca_eigvecs": vecs}
+            self.solver = SGD(self.model.params, lr, momentum, weight_decay)
+            self.schedule = PlateauSchedule(patience=patience)
+            self.epoch, self.batch_index, self.history = 0, 0, []
+            self.partial = {"loss": 0.0, "err": 0, "n": 0, "seconds": 0.0, "wait": 0.0, "skipped": 0}
+        self.stop_requested = False
+
+    # -- state ------------------------------------------------------------------------------
+    @property
+    def mean(self):
+        return self.extras["mean_image"] if self.cfg["mean"] == "image" else float(self.cfg["mean"])
+
+    @property
+    def scale(self):
+        return 1.0 / float(self.extras["pixel_std"])
+
+    def _meta(self):
+        return {"config": self.cfg, "epoch": self.epoch, "batch": self.batch_index,
+                "lr": self.solver.lr, "schedule": self.schedule.state(),
+                "history": self.history, "partial": self.partial,
+                "rng": self.model.rng.bit_generator.state}
+
+    def save(self, path=None):
+        self.model.save(path or self.ckpt_path, meta=self._meta(), extras=self.extras)
+
+    def _resume(self, epochs):
+        if not os.path.exists(self.ckpt_path):
+            raise ValueError(f"--resume: no checkpoint at {self.ckpt_path}")
+        self.model = nets.load(self.ckpt_path)
+        meta = self.model.meta
+        self.cfg = meta["config"]
+        if self.cfg["classes"] != self.train_set.classes:
+            raise ValueError(f"--resume: {self.ckpt_path} was trained on classes "
+                             f"{self.cfg['classes'][:5]}..., the data has {self.train_set.classes[:5]}...")
+        self.cfg["epochs"] = max(epochs, self.cfg["epochs"]) if epochs else self.cfg["epochs"]
+        self.extras = self.model.extras
+        self.model.rng.bit_generator.state = meta["rng"]
+        self.solver = SGD(self.model.params, meta["lr"], self.cfg["momentum"], self.cfg["weight_decay"])
+        self.schedule = PlateauSchedule(patience=self.cfg["patience"])
+        self.schedule.load(meta["schedule"])
+        self.epoch, self.batch_index = meta["epoch"], meta["batch"]
+        self.history, self.partial = meta["history"], meta["partial"]
+
+    # -- the loop -----------------------------------------------------------------------------
+    def run(self):
+        """Train to cfg["epochs"]; returns the history (one dict per epoch)."""
+        previous = signal.signal(signal.SIGINT, self._on_sigint)
+        try:
+            while self.epoch < self.cfg["epochs"]:
+                if not self._train_epoch():
+                    self.save()
+                    print(f"\nstopped at epoch {self.epoch + 1}, batch {self.batch_index}; "
+                          f"checkpoint {self.ckpt_path} (continue with --resume)")
+                    return self.history
+                self._end_epoch()
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        return self.history
+
+    def _on_sigint(self, signum, frame):
+        if self.stop_requested:            # a second Ctrl-C: stop now, no checkpoint
+            raise KeyboardInterrupt
+        self.stop_requested = True
+        print("\nCtrl-C: finishing this batch, then saving a checkpoint (Ctrl-C again to abort)")
+
+    def _train_epoch(self):
+        cfg, e = self.cfg, self.epoch
+        size = epoch_size(cfg["mode"], e, cfg["seed"])
+        net = self.model.instance(cfg["batch"], (size, size))
+        pca = (self.extras["pca_eigvals"], self.extras["pca_eigvecs"])
+        order = np.random.default_rng([cfg["seed"], 1, e]).permutation(len(self.train_set))
+        loader = BatchLoader(self.train_set, order, cfg["batch"],
+                             InputMaker("train", self.mean, size, pca, scale=self.scale),
+                             seed=(cfg["seed"], 2, e),
+                             workers=self.workers, start_batch=self.batch_index,
+                             report=tqdm.write)
+        bar = tqdm(total=len(loader), initial=self.batch_index, unit="batch",
+                   desc=f"epoch {e + 1}/{cfg['epochs']} {size}px", disable=not self.progress)
+        p = self.partial
+        t_start = time.perf_counter()
+        for b, x, labels in loader:
+            self.model.params.zero_grad()
+            try:
+                loss = net.loss(x, labels, train=True)
+            except FloatingPointError:
+                bar.close()
+                raise TrainingStopped(
+                    f"loss is not finite at epoch {e + 1}, batch {b + 1} (learning rate "
+                    f"{self.solver.lr:g}); stopping. The last good checkpoint is "
+                    f"{self.ckpt_path if os.path.exists(self.ckpt_path) else '(none yet)'}; "
+                    f"lower --lr and train again", code=3) from None
+            net.backward()
+            self.solver.step()
+            err1, _ = topk_errors(net.loss_layer.probs, labels)
+            p["loss"] += loss * len(labels)
+            p["err"] += err1
+            p["n"] += len(labels)
+            self.batch_index = b + 1
+            elapsed = p["seconds"] + time.perf_counter() - t_start
+            bar.set_postfix(loss=f"{p['loss'] / p['n']:.3f}", img_s=f"{p['n'] / max(elapsed, 1e-9):.1f}",
+                            data_wait=f"{(p['wait'] + loader.wait_seconds) / max(elapsed, 1e-9):.0%}")
+            bar.update(1)
+            if self.stop_requested:
+                break
+        p["seconds"] += time.perf_counter() - t_start
+        p["wait"] += loader.wait_seconds
+        p["skipped"] += len(loader.skipped)
+        bar.close()
+        return not self.stop_requested
+
+    def _end_epoch(self):
+        cfg, p = self.cfg, self.partial
+        val = evaluate(self.model, self.val_set, "center", self.mean, batch=cfg["batch"],
+                       workers=self.workers, progress=self.progress, scale=self.scale)
+        lr = self.solver.lr
+        dropped = self.schedule.update(self.solver, val["top1"])
+        row = {"epoch": self.epoch + 1, "size": epoch_size(cfg["mode"], self.epoch, cfg["seed"]),
+               "lr": lr, "train_loss": p["loss"] / max(p["n"], 1),
+               "train_top1": p["err"] / max(p["n"], 1), "val_top1": val["top1"],
+               "val_top5": val["top5"], "images_per_s": p["n"] / max(p["seconds"], 1e-9),
+               "data_wait": p["wait"] / max(p["seconds"], 1e-9),
+               "skipped": p["skipped"] + len(val["skipped"]), "seconds": p["seconds"]}
+        self.history.append(row)
+        tqdm.write(f"epoch {row['epoch']}: train loss {row['train_loss']:.3f}, train top-1 "
+                   f"{row['train_top1']:.1%}, val top-1 {row['val_top1']:.1%}, top-5 "
+                   f"{row['val_top5']:.1%}, {row['images_per_s']:.1f} img/s, data wait "
+                   f"{row['data_wait']:.1%}" + (f"; lr -> {self.solver.lr:g}" if dropped else ""))
+        self.epoch, self.batch_index = self.epoch + 1, 0
+        self.partial = {"loss": 0.0, "err": 0, "n": 0, "seconds": 0.0, "wait": 0.0, "skipped": 0}
+        self.save()
+        if val["top1"] <= min(r["val_top1"] for r in self.history):
+            self.save(os.path.join(self.out, BEST))
+        write_logs(self.out, self.history)
+
+
+def write_logs(out, history):
+    """log.csv, log.json and curves.png (loss and errors per epoch) beside the checkpoint."""
+    tmp = os.path.join(out, ".log.json.tmp")
+    with open(tmp, "w") as f:
+        json.dump(history, f, indent=1)
+    os.replace(tmp, os.path.join(out, "log.json"))
+    tmp = os.path.join(out, ".log.csv.tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(history[0]))
+        w.writeheader()
+        w.writerows(history)
+    os.replace(tmp, os.path.join(out, "log.csv"))
+    plot_curves(history, os.path.join(out, "curves.png"))
+
+
+def plot_curves(history, path):
+    """Training loss and train/val top-1, val top-5 error per epoch (needs matplotlib)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    ep = [r["epoch"] for r in history]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    a.plot(ep, [r["train_loss"] for r in history], "o-", label="train loss")
+    a.set_xlabel("epoch")
+    a.set_ylabel("softmax loss")
+    a.legend()
+    for key, label in (("train_top1", "train top-1"), ("val_top1", "val top-1 (center)"),
+                       ("val_top5", "val top-5 (center)")):
+        b.plot(ep, [100 * r[key] for r in history], "o-", label=label)
+    b.set_xlabel("epoch")
+    b.set_ylabel("error %")
+    b.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return True
