@@ -2,8 +2,17 @@
 PYTHON ?= python3
 PYTEST ?= $(PYTHON) -m pytest
 BENCH_REPEAT ?= 7
+# training (make train-zf5): DATA defaults to the embedded data set, generated on first use
+EMBEDDED ?= data/embedded
+DATA ?= $(EMBEDDED)
+OUT ?= runs/zf5
+EPOCHS ?= 12
+BATCH ?= 16
+MODE ?= multi
+SPP ?= 6,3,2,1
+LR ?= 0.01
 
-.PHONY: help install test gradcheck bench bench-conv bench-lrn bench-pool bench-spp \
+.PHONY: help install test gradcheck train-zf5 test-zf5 embedded bench bench-conv bench-lrn bench-pool bench-spp \
         bench-window-spp bench-zf5 summary-zf5 geometry clean
 
 help:  ## list every target
@@ -13,6 +22,24 @@ help:  ## list every target
 
 install:  ## pip install -e .[test] into the current Python
 	$(PYTHON) -m pip install -e '.[test]'
+
+.installed: setup.py
+	$(PYTHON) -m pip install -e '.[test,plots]'
+	touch .installed
+
+embedded: .installed  ## generate the embedded data set into $(EMBEDDED) (once; 10 classes, 1,500 images)
+	$(PYTHON) -m train embedded --out $(EMBEDDED)
+
+train-zf5: .installed  ## train ZF-5 + SPP(6,3,2,1), multi-size, on $(DATA) (default: the embedded set) into $(OUT)
+	@if [ "$(DATA)" = "$(EMBEDDED)" ]; then $(PYTHON) -m train embedded --out $(EMBEDDED); fi
+	$(PYTHON) -m train train --data $(DATA) --net zf5 --spp $(SPP) --mode $(MODE) \
+	  --epochs $(EPOCHS) --batch $(BATCH) --lr $(LR) --out $(OUT) \
+	  $$( [ -f $(OUT)/checkpoint.h5 ] && echo --resume )
+
+test-zf5: .installed  ## evaluate $(OUT)/best.h5 on $(DATA)/val with the center, 10-view and full-image views
+	for v in center 10view full; do \
+	  $(PYTHON) -m train test --checkpoint $(OUT)/best.h5 --data $(DATA) --split val --view $$v \
+	    --json $(OUT)/test-$$v.json || exit 1; done
 
 test:  ## the whole test suite, gradient checks included (CPU, a few minutes)
 	$(PYTEST) -q

@@ -169,16 +169,20 @@ def make_classification(root, seed=0, train_per_class=120, val_per_class=30):
     return root
 
 
-def preview(root, path, per_class=4):
-    """A grid PNG of the first images of every class (for the README)."""
+def preview(root, path, per_class=4, tile=100):
+    """A grid picture (PNG or JPEG, by extension) of the first images of every class."""
     tiles = []
     for name in CLASSES:
         row = []
         for i in range(per_class):
             img = Image.open(os.path.join(root, "train", name, f"{name}_{i:05d}.jpg")).convert("RGB")
-            img.thumbnail((120, 120))
-            tile = Image.new("RGB", (124, 124), (255, 255, 255))
-            tile.paste(img, ((124 - img.width) // 2, (124 - img.height) // 2))
-            row.append(np.asarray(tile))
+            img.thumbnail((tile - 4, tile - 4))
+            cell = Image.new("RGB", (tile, tile), (255, 255, 255))
+            cell.paste(img, ((tile - img.width) // 2, (tile - img.height) // 2))
+            row.append(np.asarray(cell))
         tiles.append(np.concatenate(row, axis=1))
-    Image.fromarray(np.concatenate(tiles, axis=0)).save(path)
+    grid = np.concatenate(tiles, axis=0)
+    # two class rows side by side: a wider, shorter picture
+    half = (len(CLASSES) + 1) // 2 * tile
+    grid = np.concatenate([grid[:half], grid[half:]], axis=1)
+    Image.fromarray(grid).save(path, quality=85)
