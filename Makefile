@@ -12,7 +12,7 @@ MODE ?= multi
 SPP ?= 6,3,2,1
 LR ?= 0.01
 
-.PHONY: help install test gradcheck train-zf5 test-zf5 embedded bench bench-conv bench-lrn bench-pool bench-spp \
+.PHONY: help install test gradcheck train-zf5 test-zf5 compare-zf5 embedded bench bench-conv bench-lrn bench-pool bench-spp \
         bench-window-spp bench-zf5 summary-zf5 geometry clean
 
 help:  ## list every target
@@ -40,6 +40,12 @@ test-zf5: .installed  ## evaluate $(OUT)/best.h5 on $(DATA)/val with the center,
 	for v in center 10view full; do \
 	  $(PYTHON) -m train test --checkpoint $(OUT)/best.h5 --data $(DATA) --split val --view $$v \
 	    --json $(OUT)/test-$$v.json || exit 1; done
+
+SEEDS ?= 0,1
+compare-zf5: .installed  ## no-SPP vs SPP single vs SPP multi x center/10-view/full, SEEDS seeds -> runs/compare/results.md
+	@if [ "$(DATA)" = "$(EMBEDDED)" ]; then $(PYTHON) -m train embedded --out $(EMBEDDED); fi
+	$(PYTHON) -m train compare --data $(DATA) --out runs/compare --seeds $(SEEDS) --epochs $(EPOCHS) \
+	  --batch $(BATCH) --lr $(LR)
 
 test:  ## the whole test suite, gradient checks included (CPU, a few minutes)
 	$(PYTEST) -q

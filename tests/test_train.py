@@ -124,3 +124,18 @@ def test_command_line_train_and_test_with_every_view(data, tmp_path):
     r = run("train", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x"))
     assert r.returncode == 2 and "nowhere" in r.stderr
     assert "examples:" in run("train", "--help").stdout
+
+
+def test_compare_trains_every_variant_and_writes_the_table(data, tmp_path):
+    from train.compare import run_comparison
+    table = run_comparison(data, tmp_path / "cmp", seeds=(0, 1), epochs=1, batch=8,
+                           progress=False, net="small", levels=(3, 2, 1))
+    lines = table.splitlines()
+    assert "over 2 seed(s) (0, 1), 1 epochs each" in lines[0]
+    assert lines[2] == "| | center crop | 10 views | full image |"
+    rows = {l.split(" | ")[0].strip("| "): l for l in lines[4:]}
+    assert set(rows) == {"no SPP, single-size", "SPP, single-size", "SPP, multi-size"}
+    assert rows["no SPP, single-size"].endswith("| n/a |")     # a no-SPP net has no full view
+    assert "±" in rows["SPP, multi-size"]
+    results = json.loads((tmp_path / "cmp/results.json").read_text())
+    assert len(results) == 2 * (2 + 3 + 3)

@@ -1,6 +1,7 @@
 """The minispp command line: `minispp COMMAND --help` for each command's options and examples.
 
     minispp embedded --out data/embedded
+    minispp compare --data data/embedded --out runs/compare --seeds 0,1
     minispp train --data DIR --net zf5 --spp 6,3,2,1 --mode multi --epochs N --batch B --out OUTDIR [--resume]
     minispp test --checkpoint OUTDIR/checkpoint.h5 --data DIR --split val --view center|10view|full --json RESULT.json
 """
@@ -20,6 +21,9 @@ layout: DIR/train/<class>/<images> and DIR/val/<class>/<images> (ImageNet class 
     "test": """examples:
   minispp test --checkpoint runs/zf5/checkpoint.h5 --data data/embedded --split val --view 10view --json r.json
   minispp test --checkpoint runs/zf5/best.h5 --data data/embedded --view full""",
+    "compare": """examples:
+  minispp compare --data data/embedded --out runs/compare --seeds 0,1 --epochs 12
+  (6 trainings of about 20 minutes each on 2 cores; interrupted runs resume)""",
     "embedded": """examples:
   minispp embedded --out data/embedded                 # 10 classes, 120 train + 30 val images each
   minispp embedded --out /tmp/small --train 20 --val 5 --seed 3""",
@@ -63,6 +67,17 @@ def parse_args(argv):
     e.add_argument("--workers", type=int, default=2)
     e.add_argument("--json", help="write the result here")
     e.add_argument("--quiet", action="store_true")
+
+    c = sub.add_parser("compare", help="ZF-5 no-SPP vs SPP single vs SPP multi, every test view",
+                       epilog=EXAMPLES["compare"], formatter_class=fmt)
+    c.add_argument("--data", required=True)
+    c.add_argument("--out", required=True, help="one run folder per variant and seed, results.md")
+    c.add_argument("--seeds", default="0,1", help="comma-separated seeds (default 0,1)")
+    c.add_argument("--epochs", type=int, default=12)
+    c.add_argument("--batch", type=int, default=16)
+    c.add_argument("--lr", type=float, default=0.01)
+    c.add_argument("--workers", type=int, default=2)
+    c.add_argument("--quiet", action="store_true")
 
     g = sub.add_parser("embedded", help="generate the embedded default data set",
                        epilog=EXAMPLES["embedded"], formatter_class=fmt)
@@ -112,6 +127,15 @@ def cmd_test(a):
     return 0
 
 
+def cmd_compare(a):
+    from .compare import run_comparison
+    seeds = tuple(int(s) for s in a.seeds.split(","))
+    table = run_comparison(a.data, a.out, seeds=seeds, epochs=a.epochs, batch=a.batch, lr=a.lr,
+                           workers=a.workers, progress=not a.quiet)
+    print(table)
+    return 0
+
+
 def cmd_embedded(a):
     from minispp.embedded import make_classification
     root = make_classification(a.out, seed=a.seed, train_per_class=a.train, val_per_class=a.val)
@@ -123,7 +147,9 @@ def main(argv=None):
     a = parse_args(sys.argv[1:] if argv is None else argv)
     from .classify import TrainingStopped
     try:
-        return {"train": cmd_train, "test": cmd_test, "embedded": cmd_embedded}[a.command](a)
+        commands = {"train": cmd_train, "test": cmd_test, "compare": cmd_compare,
+                    "embedded": cmd_embedded}
+        return commands[a.command](a)
     except TrainingStopped as err:
         print(f"error: {err}", file=sys.stderr)
         return err.code
