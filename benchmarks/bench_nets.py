@@ -1,8 +1,10 @@
 """Whole-network benchmark: ZF-5 with SPP (6,3,2,1), float32, batch 32, at 224 x 224 and
 180 x 180 (the two sizes of multi-size training), minispp against the same architecture in
 PyTorch CPU (nn.LocalResponseNorm, adaptive max pooling for SPP) with the same weights, in
-the same process and thread count. Prints images/s, the ratio minispp / PyTorch, and where
-minispp's time goes per layer.
+the same process and thread count. Prints images/s of the forward pass, of forward+backward,
+and of a whole training step (with the SGD momentum/weight-decay update, torch.optim.SGD on
+the PyTorch side), the ratios minispp / PyTorch, and where minispp's time goes per layer.
+The time the training loop waits for data is in each run's log (data_wait).
 
     python benchmarks/bench_nets.py --repeat 3
     python benchmarks/bench_nets.py --net overfeat7 --sizes 224 --batch 16
@@ -16,6 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import minispp  # noqa: E402,F401  (first: it sets OpenBLAS's thread timeout before NumPy loads)
 import numpy as np  # noqa: E402
 from timing import median_time  # noqa: E402
+from minispp.solver import SGD  # noqa: E402
 from nets import build, parse_size, parse_spp  # noqa: E402
 
 try:
@@ -53,9 +56,16 @@ def main():
             model.params.zero_grad()
             net.loss(x, labels, train=True)
             net.backward()
+        sgd = SGD(model.params, lr=1e-6)
+
+        def ours_step():                      # one whole training step: + the SGD update
+            ours_train()
+            sgd.step()
         f = median_time(ours_fwd, args.repeat)
         fb = median_time(ours_train, args.repeat)
-        line = [f"{h}x{w}: minispp forward {B / f:7.1f} img/s, forward+backward {B / fb:6.1f} img/s"]
+        st = median_time(ours_step, args.repeat)
+        line = [f"{h}x{w}: minispp forward {B / f:7.1f} img/s, forward+backward {B / fb:6.1f} img/s, "
+                f"training step {B / st:6.1f} img/s"]
         if ref is not None:
             xt, lt = torch.from_numpy(x), torch.from_numpy(labels)
             ref.eval()
@@ -68,10 +78,18 @@ def main():
                 ref.train()
                 ref.zero_grad()
                 torch.nn.functional.cross_entropy(ref(xt), lt).backward()
+            opt = torch.optim.SGD(ref.parameters(), lr=1e-6, momentum=0.9, weight_decay=5e-4)
+
+            def ref_step():
+                ref_train()
+                opt.step()
             rf = median_time(ref_fwd, args.repeat)
             rfb = median_time(ref_train, args.repeat)
-            line.append(f"   torch forward {B / rf:7.1f} img/s, forward+backward {B / rfb:6.1f} img/s")
-            line.append(f"   ratio (time minispp / torch): forward {f / rf:.2f}, forward+backward {fb / rfb:.2f}")
+            rst = median_time(ref_step, args.repeat)
+            line.append(f"   torch forward {B / rf:7.1f} img/s, forward+backward {B / rfb:6.1f} img/s, "
+                        f"training step {B / rst:6.1f} img/s")
+            line.append(f"   ratio (time minispp / torch): forward {f / rf:.2f}, forward+backward "
+                        f"{fb / rfb:.2f}, training step {st / rst:.2f}")
         print("\n".join(line))
         if not args.no_layers:
             prof = net.profile(x, labels)
