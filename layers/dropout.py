@@ -24,6 +24,7 @@ class Dropout(Layer):
         self.rng = rng
         self.mask = None
         self.frozen = False
+        self._identity = None      # whether the last forward was at test time
 
     def setup(self, in_shape, params=None, rng=None):
         if rng is not None and self.rng is None:
@@ -64,7 +65,7 @@ class Dropout(Layer):
         return x * self.mask.astype(x.dtype, copy=False)
 
     def backward(self, dy):
-        if getattr(self, "_identity", None) is None:
+        if self._identity is None:
             raise RuntimeError(f"{self._who()}: backward called before forward")
         if self._identity:
             return dy.copy()

@@ -121,7 +121,7 @@ class Layer:
             raise ValueError(f"{self._who()}: expected an array, got {type(x).__name__}")
         if x.dtype not in (np.float32, np.float64):
             raise ValueError(f"{self._who()}: expected float32 or float64 input, got {x.dtype}")
-        if x.ndim != len(self.in_shape or ()) and self.in_shape is not None and self.rank:
+        if self.rank is not None and x.ndim != self.rank:
             raise ValueError(f"{self._who()}: expected a rank-{self.rank} input, got shape "
                              f"{x.shape}")
         if self.in_shape is None:
