@@ -152,3 +152,12 @@ def test_embedded_compose_returns_the_object_boxes():
     assert img.shape == (300, 260, 3) and len(boxes) == 2
     for x1, y1, x2, y2 in boxes:
         assert 0 <= x1 < x2 < 260 and 0 <= y1 < y2 < 300
+
+
+def test_baseline_features_hand_computed():
+    from train.baselines import colour_histogram, tiny_center_crop
+    red = np.zeros((10, 20, 3), np.uint8)
+    red[..., 0] = 255
+    h = colour_histogram(red)
+    assert h.shape == (512,) and h[7 * 64] == 1.0 and h.sum() == 1.0
+    assert tiny_center_crop(np.full((300, 400, 3), 51, np.uint8)).tolist() == [0.2] * 768

@@ -79,6 +79,10 @@ def parse_args(argv):
     c.add_argument("--workers", type=int, default=2)
     c.add_argument("--quiet", action="store_true")
 
+    bl = sub.add_parser("baselines", help="colour-histogram and tiny-crop linear SVM accuracies",
+                        epilog="examples:\n  minispp baselines --data data/embedded", formatter_class=fmt)
+    bl.add_argument("--data", required=True)
+
     g = sub.add_parser("embedded", help="generate the embedded default data set",
                        epilog=EXAMPLES["embedded"], formatter_class=fmt)
     g.add_argument("--out", required=True)
@@ -136,6 +140,17 @@ def cmd_compare(a):
     return 0
 
 
+def cmd_baselines(a):
+    import warnings
+
+    from .baselines import baseline_accuracies
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name, acc in baseline_accuracies(a.data).items():
+            print(f"{name}: top-1 error {1 - acc:.1%} (linear SVM)")
+    return 0
+
+
 def cmd_embedded(a):
     from minispp.embedded import make_classification
     root = make_classification(a.out, seed=a.seed, train_per_class=a.train, val_per_class=a.val)
@@ -148,7 +163,7 @@ def main(argv=None):
     from .classify import TrainingStopped
     try:
         commands = {"train": cmd_train, "test": cmd_test, "compare": cmd_compare,
-                    "embedded": cmd_embedded}
+                    "baselines": cmd_baselines, "embedded": cmd_embedded}
         return commands[a.command](a)
     except TrainingStopped as err:
         print(f"error: {err}", file=sys.stderr)
