@@ -27,7 +27,7 @@ from minispp.solver import SGD, PlateauSchedule
 from minispp.transforms import crop, resize_min_side, rgb_pca
 
 from .evaluate import evaluate, topk_errors
-from .views import CROP, RESIZE, InputMaker
+from .views import CROP, RESIZE, InputMaker, normalization
 
 MODES = ("single", "multi", "random")
 CHECKPOINT = "checkpoint.h5"
@@ -118,11 +118,11 @@ class Trainer:
     # -- state ------------------------------------------------------------------------------
     @property
     def mean(self):
-        return self.extras["mean_image"] if self.cfg["mean"] == "image" else float(self.cfg["mean"])
+        return normalization(self.extras, self.cfg["mean"])[0]
 
     @property
     def scale(self):
-        return 1.0 / float(self.extras["pixel_std"])
+        return normalization(self.extras, self.cfg["mean"])[1]
 
     def _meta(self):
         return {"config": self.cfg, "epoch": self.epoch, "batch": self.batch_index,

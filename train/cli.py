@@ -114,13 +114,13 @@ def cmd_test(a):
     from minispp.imagefolder import ImageFolder
 
     from .evaluate import evaluate
+    from .views import normalization
     model = nets.load(a.checkpoint)
     cfg = model.meta.get("config", {})
     dataset = ImageFolder(os.path.join(a.data, a.split), classes=cfg.get("classes"))
-    mode = cfg.get("mean", "image")
-    mean = model.extras["mean_image"] if mode == "image" else float(mode)
+    mean, scale = normalization(model.extras, cfg.get("mean", "image"))
     result = evaluate(model, dataset, a.view, mean, batch=a.batch, workers=a.workers,
-                      progress=not a.quiet, scale=1.0 / float(model.extras["pixel_std"]))
+                      progress=not a.quiet, scale=scale)
     result.update({"checkpoint": os.path.abspath(a.checkpoint), "data": os.path.abspath(a.data),
                    "split": a.split, "skipped": len(result["skipped"])})
     print(f"{a.view}: top-1 error {result['top1']:.2%}, top-5 error {result['top5']:.2%} "

@@ -12,6 +12,7 @@ from minispp.imagefolder import ImageFolder
 
 from .classify import BEST, Trainer
 from .evaluate import evaluate
+from .views import normalization
 
 VARIANTS = (("no SPP, single-size", None, "single"),
             ("SPP, single-size", "spp", "single"),
@@ -35,7 +36,7 @@ def run_comparison(data, out, seeds=(0, 1), epochs=12, batch=16, lr=0.01, worker
             model = nets.load(os.path.join(run_dir, BEST))
             if val is None:
                 val = ImageFolder(os.path.join(data, "val"), classes=model.meta["config"]["classes"])
-            mean, scale = model.extras["mean_image"], 1.0 / float(model.extras["pixel_std"])
+            mean, scale = normalization(model.extras, model.meta["config"]["mean"])
             for view in ("center", "10view") + (("full",) if spp is not None else ()):
                 r = evaluate(model, val, view, mean, batch=batch, workers=workers,
                              progress=progress, scale=scale)

@@ -53,3 +53,10 @@ class InputMaker:
         if self.pca is not None and self.lighting_std > 0:
             out = lighting(out, self.pca[0], self.pca[1], rng, self.lighting_std)
         return to_input(out, self.mean, self.scale)
+
+
+def normalization(extras, mean_mode="image"):
+    """(mean, scale) of a run from its checkpoint extras: the mean image (or the constant
+    given as --mean) and 1 / the pixels' standard deviation."""
+    mean = extras["mean_image"] if mean_mode == "image" else float(mean_mode)
+    return mean, 1.0 / float(extras["pixel_std"])
