@@ -16,6 +16,7 @@ and can place several objects: the detection variant in the VOC layout builds on
 """
 import json
 import os
+import shutil
 
 import numpy as np
 from PIL import Image
@@ -102,11 +103,13 @@ def background(rng, backgrounds, h, w):
     return canvas
 
 
-def paste(rng, canvas, obj, mask):
-    """Paste one object at a random scale/position; return its box (x1, y1, x2, y2)."""
+def paste(rng, canvas, obj, mask, scale=(0.30, 0.75), owner=None, index=0):
+    """Paste one object at a random scale (a fraction of the canvas's shorter side) and
+    position; return its box (x1, y1, x2, y2). owner: an int (h, w) map whose pixels under
+    the object are set to index (what is visible of whom, for occlusion)."""
     h, w = canvas.shape[:2]
     oh, ow = obj.shape[:2]
-    side = rng.uniform(0.30, 0.75) * min(h, w)
+    side = rng.uniform(*scale) * min(h, w)
     aspect = rng.uniform(0.85, 1.15) * ow / oh
     th = int(max(12, min(h, side / max(1.0, aspect) if aspect >= 1 else side)))
     tw = int(max(12, min(w, th * aspect)))
@@ -119,6 +122,8 @@ def paste(rng, canvas, obj, mask):
     y, x = rng.integers(0, h - th + 1), rng.integers(0, w - tw + 1)
     region = canvas[y:y + th, x:x + tw]
     region[...] = region * (1 - m[..., None]) + img * m[..., None]
+    if owner is not None:
+        owner[y:y + th, x:x + tw][m > 0.5] = index
     ys, xs = np.nonzero(m > 0.5)
     return (int(x + xs.min()), int(y + ys.min()), int(x + xs.max()), int(y + ys.max()))
 
@@ -131,13 +136,11 @@ def compose(rng, sources, backgrounds, labels, size):
     return np.clip(canvas + 0.5, 0, 255).astype(np.uint8), boxes
 
 
-def make_classification(root, seed=0, train_per_class=120, val_per_class=30):
-    """Write the classification variant to root/{train,val}/<class>/*.jpg (if not already
-    there with the same arguments). Returns root. Writing goes to a temporary folder that is
-    renamed when complete, so an interrupted generation is redone, never half-used."""
+def _generate_once(root, stamp, write):
+    """Run write(tmp_folder) and rename tmp_folder to root, unless root already holds a data
+    set with this stamp. An interrupted generation is redone, never half-used; a folder made
+    with other arguments, or one that is not ours, is refused."""
     root = os.fspath(root)
-    stamp = {"generator": GENERATOR_VERSION, "seed": seed, "train_per_class": train_per_class,
-             "val_per_class": val_per_class, "classes": list(CLASSES)}
     stamp_path = os.path.join(root, "embedded.json")
     if os.path.exists(stamp_path):
         with open(stamp_path) as f:
@@ -149,24 +152,105 @@ def make_classification(root, seed=0, train_per_class=120, val_per_class=30):
         raise ValueError(f"{root} exists and is not an embedded data set; choose another folder")
     tmp = root.rstrip("/") + ".partial"
     if os.path.exists(tmp):
-        import shutil
         shutil.rmtree(tmp)
-    sources, backgrounds = _sources()
-    for split, count, offset in (("train", train_per_class, 0), ("val", val_per_class, 1)):
-        for c, name in enumerate(CLASSES):
-            folder = os.path.join(tmp, split, name)
-            os.makedirs(folder)
-            for i in range(count):
-                rng = np.random.default_rng([seed, offset, c, i])   # each image on its own
-                size = (int(rng.integers(200, 361)), int(rng.integers(200, 361)))
-                img, _ = compose(rng, sources, backgrounds, [c], size)
-                Image.fromarray(img).save(os.path.join(folder, f"{name}_{i:05d}.jpg"), quality=90)
+    os.makedirs(tmp)
+    write(tmp)
     with open(os.path.join(tmp, "embedded.json"), "w") as f:
         json.dump(stamp, f, indent=1)
     if os.path.exists(root):
         os.rmdir(root)
     os.replace(tmp, root)
     return root
+
+
+def make_classification(root, seed=0, train_per_class=120, val_per_class=30):
+    """Write the classification variant to root/{train,val}/<class>/*.jpg (if not already
+    there with the same arguments). Returns root."""
+    stamp = {"generator": GENERATOR_VERSION, "seed": seed, "train_per_class": train_per_class,
+             "val_per_class": val_per_class, "classes": list(CLASSES)}
+
+    def write(tmp):
+        sources, backgrounds = _sources()
+        for split, count, offset in (("train", train_per_class, 0), ("val", val_per_class, 1)):
+            for c, name in enumerate(CLASSES):
+                folder = os.path.join(tmp, split, name)
+                os.makedirs(folder)
+                for i in range(count):
+                    rng = np.random.default_rng([seed, offset, c, i])   # each image on its own
+                    size = (int(rng.integers(200, 361)), int(rng.integers(200, 361)))
+                    img, _ = compose(rng, sources, backgrounds, [c], size)
+                    Image.fromarray(img).save(os.path.join(folder, f"{name}_{i:05d}.jpg"), quality=90)
+    return _generate_once(root, stamp, write)
+
+
+def compose_scene(rng, sources, backgrounds, labels, size, scale=(0.18, 0.5), margin=0.08):
+    """A detection scene: objects of the given classes pasted in turn (later ones occlude
+    earlier ones) on a canvas larger than the image by ``margin`` on every side, then cut
+    to ``size`` (h, w), so objects near the border are truncated. Returns (image, objects)
+    with, per object still visible: class index, box of its visible pixels (x1, y1, x2, y2,
+    0-based inclusive), truncated (cut by the border) and difficult (under 35% of it
+    visible, or a box side under 24 pixels)."""
+    h, w = size
+    mh, mw = int(margin * h), int(margin * w)
+    canvas = background(rng, backgrounds, h + 2 * mh, w + 2 * mw)
+    owner = np.full(canvas.shape[:2], -1, dtype=np.int32)
+    areas = []
+    for j, c in enumerate(labels):
+        paste(rng, canvas, *sources[CLASSES[c]], scale=scale, owner=owner, index=j)
+        areas.append(int((owner == j).sum()))
+    whole = [int((owner == j).sum()) for j in range(len(labels))]   # after all occlusion
+    inside = owner[mh:mh + h, mw:mw + w]
+    objects = []
+    for j, c in enumerate(labels):
+        ys, xs = np.nonzero(inside == j)
+        if len(xs) < 30:
+            continue                                    # hidden or cut away: not annotated
+        box = (int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max()))
+        visible = len(xs) / max(1, areas[j])
+        objects.append({"class": int(c), "box": box,
+                        "truncated": len(xs) < whole[j],
+                        "difficult": visible < 0.35 or min(box[2] - box[0], box[3] - box[1]) + 1 < 24})
+    img = canvas[mh:mh + h, mw:mw + w]
+    return np.clip(img + 0.5, 0, 255).astype(np.uint8), objects
+
+
+def make_voc(root, seed=0, trainval=300, test=300):
+    """Write the detection variant in the VOC devkit layout, root/VOCdevkit/VOC2007/
+    {JPEGImages, Annotations, ImageSets/Main}: images of 300-500 pixels per side with 1-4
+    objects each (boxes, truncated and difficult flags in the XML), split into trainval and
+    test, with the devkit's per-class image lists (1 / 0 / -1). Returns the VOC2007 folder."""
+    from .voc import annotation_xml, write_image_sets
+    stamp = {"generator": GENERATOR_VERSION, "variant": "voc", "seed": seed,
+             "trainval": trainval, "test": test, "classes": list(CLASSES)}
+
+    def write(tmp):
+        folder = os.path.join(tmp, "VOCdevkit", "VOC2007")
+        for sub in ("JPEGImages", "Annotations"):
+            os.makedirs(os.path.join(folder, sub))
+        sources, backgrounds = _sources()
+        n = 0
+        for split, count in (("trainval", trainval), ("test", test)):
+            ids, per_image = [], []
+            for _ in range(count):
+                n += 1
+                image_id = f"{n:06d}"
+                rng = np.random.default_rng([seed, 2, n])
+                size = (int(rng.integers(300, 501)), int(rng.integers(300, 501)))
+                count_objects = int(rng.choice([1, 2, 3, 4], p=[0.35, 0.35, 0.2, 0.1]))
+                labels = rng.integers(0, len(CLASSES), count_objects)
+                img, objects = compose_scene(rng, sources, backgrounds, labels, size)
+                objs = [{"name": CLASSES[o["class"]], "truncated": int(o["truncated"]),
+                         "difficult": int(o["difficult"]),
+                         "bbox": tuple(v + 1 for v in o["box"])} for o in objects]
+                Image.fromarray(img).save(os.path.join(folder, "JPEGImages", f"{image_id}.jpg"),
+                                          quality=90)
+                with open(os.path.join(folder, "Annotations", f"{image_id}.xml"), "w") as f:
+                    f.write(annotation_xml(image_id, size[1], size[0], objs))
+                ids.append(image_id)
+                per_image.append(objs)
+            write_image_sets(folder, split, ids, per_image, CLASSES)
+    _generate_once(root, stamp, write)
+    return os.path.join(os.fspath(root), "VOCdevkit", "VOC2007")
 
 
 def preview(root, path, per_class=4, tile=100):

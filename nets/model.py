@@ -66,6 +66,7 @@ class Model:
         self.rng = rng if rng is not None else np.random.default_rng(0)
         self.meta = {}
         self.extras = {}
+        self.checksum = None          # of the checkpoint it was loaded from
         self._instances = OrderedDict()
         self.instance(batch=1, size=CANONICAL_SIZE)       # creates every parameter
 
@@ -165,6 +166,7 @@ class Model:
         for p in self.params:
             p.state = {k: np.array(v, dtype=p.value.dtype) for k, v in ck.state.get(p.name, {}).items()}
         self.meta, self.extras = ck.meta, ck.extras
+        self.checksum = ck.checksum
         return ck.meta
 
     def _assign(self, arrays, source, strict):

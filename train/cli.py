@@ -4,6 +4,10 @@
     minispp compare --data data/embedded --out runs/compare --seeds 0,1
     minispp train --data DIR --net zf5 --spp 6,3,2,1 --mode multi --epochs N --batch B --out OUTDIR [--resume]
     minispp test --checkpoint OUTDIR/checkpoint.h5 --data DIR --split val --view center|10view|full --json RESULT.json
+    minispp features --checkpoint CKPT --voc DIR|--caltech DIR|--folder DIR --split S --layer fc7 --scale 224 --view full --out CACHE.h5
+    minispp svm --train CACHE --test CACHE --json RESULT.json
+    minispp cache info CACHE.h5
+    minispp features-compare --checkpoint CKPT --voc DIR --out runs/features
 """
 import minispp  # noqa: F401  (first: it sets OpenBLAS's thread timeout before NumPy loads)
 
@@ -24,9 +28,28 @@ layout: DIR/train/<class>/<images> and DIR/val/<class>/<images> (ImageNet class 
     "compare": """examples:
   minispp compare --data data/embedded --out runs/compare --seeds 0,1 --epochs 12
   (6 trainings of about 20 minutes each on 2 cores; interrupted runs resume)""",
+    "features": """examples:
+  minispp features --checkpoint runs/zf5/best.h5 --voc data/embedded-voc --split trainval \
+      --layer fc7 --scale 224 --view full --out runs/features/trainval-fc7.h5
+  minispp features --checkpoint runs/zf5/best.h5 --voc /data/VOCdevkit --split test \
+      --layer pool5,fc7 --scale 224,392 --out runs/voc/test.h5     # -> test-<layer>-s<scale>.h5
+  minispp features --checkpoint runs/zf5/best.h5 --caltech /data/caltech101 --split all \
+      --layer spp --scale 224 --out runs/caltech/spp.h5
+  minispp features --checkpoint runs/zf5/best.h5 --folder data/embedded --split val --layer fc6 --out val.h5
+A killed extraction resumes when the same command is run again; a cache made by another
+checkpoint or with other arguments is refused.""",
+    "svm": """examples:
+  minispp svm --train runs/features/trainval-fc7.h5 --test runs/features/test-fc7.h5 --json r.json
+  minispp svm --train runs/caltech/spp.h5 --json r.json        # Caltech101: 10 splits of one cache
+  minispp svm --train train.h5 --test val.h5 --C 1             # fixed C instead of the search""",
+    "features-compare": """examples:
+  minispp features-compare --checkpoint runs/zf5/best.h5 --voc data/embedded-voc --out runs/features
+Extracts (or reuses) caches for crop/warp/full at 224 and full at 392, for pool5, spp, fc6 and
+fc7, trains the SVMs and writes OUT/results.md and OUT/results.json.""",
     "embedded": """examples:
   minispp embedded --out data/embedded                 # 10 classes, 120 train + 30 val images each
-  minispp embedded --out /tmp/small --train 20 --val 5 --seed 3""",
+  minispp embedded --out /tmp/small --train 20 --val 5 --seed 3
+  minispp embedded --voc --out data/embedded-voc       # VOC devkit layout, 300 trainval + 300 test""",
 }
 
 
@@ -89,6 +112,51 @@ def parse_args(argv):
     g.add_argument("--train", type=int, default=120, help="training images per class")
     g.add_argument("--val", type=int, default=30, help="validation images per class")
     g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--voc", action="store_true", help="the detection variant in the VOC devkit layout")
+    g.add_argument("--trainval", type=int, default=300, help="VOC variant: trainval images")
+    g.add_argument("--test", type=int, default=300, help="VOC variant: test images")
+
+    f = sub.add_parser("features", help="full-image features of a data set split into HDF5 caches",
+                       epilog=EXAMPLES["features"], formatter_class=fmt)
+    f.add_argument("--checkpoint", required=True)
+    src = f.add_mutually_exclusive_group(required=True)
+    src.add_argument("--voc", help="VOC devkit (VOCdevkit/VOC2007 or a folder holding it)")
+    src.add_argument("--caltech", help="Caltech101 (101_ObjectCategories or its parent)")
+    src.add_argument("--folder", help="class folders: DIR/<split>/<class>/<images>")
+    f.add_argument("--split", default=None, help="trainval/test (VOC), all (Caltech101), train/val (folder)")
+    f.add_argument("--layer", default="fc7", help="pool5, spp, fc6, fc7, or a comma list")
+    f.add_argument("--scale", default="224", help="shorter side s in pixels, or a comma list (224,392)")
+    f.add_argument("--view", default="full", choices=["full", "crop", "warp"])
+    f.add_argument("--out", required=True, help="cache file (.h5); with several layers or scales "
+                   "the stem of <stem>-<layer>-s<scale>.h5")
+    f.add_argument("--batch", type=int, default=16)
+    f.add_argument("--workers", type=int, default=2)
+    f.add_argument("--quiet", action="store_true")
+
+    v = sub.add_parser("svm", help="linear SVMs on feature caches: VOC mAP or accuracy",
+                       epilog=EXAMPLES["svm"], formatter_class=fmt)
+    v.add_argument("--train", required=True, help="training cache")
+    v.add_argument("--test", help="test cache (Caltech101: optional, the same cache)")
+    v.add_argument("--json", help="write the result here")
+    v.add_argument("--C", type=float, default=None, help="SVM cost; default: chosen on 20%% of the training data")
+    v.add_argument("--splits", type=int, default=10, help="Caltech101: number of random splits")
+
+    ci = sub.add_parser("cache", help="inspect a feature cache",
+                        epilog="examples:\n  minispp cache info runs/features/test-fc7.h5",
+                        formatter_class=fmt)
+    ci.add_argument("action", choices=["info"])
+    ci.add_argument("file")
+
+    fc = sub.add_parser("features-compare", help="full vs crop vs warp, pool5/spp/fc6/fc7, 224 vs 392",
+                        epilog=EXAMPLES["features-compare"], formatter_class=fmt)
+    fc.add_argument("--checkpoint", required=True)
+    fc.add_argument("--voc", required=True)
+    fc.add_argument("--out", required=True)
+    fc.add_argument("--train-split", default="trainval")
+    fc.add_argument("--test-split", default="test")
+    fc.add_argument("--batch", type=int, default=16)
+    fc.add_argument("--workers", type=int, default=2)
+    fc.add_argument("--quiet", action="store_true")
     return ap.parse_args(argv)
 
 
@@ -152,9 +220,92 @@ def cmd_baselines(a):
 
 
 def cmd_embedded(a):
-    from minispp.embedded import make_classification
-    root = make_classification(a.out, seed=a.seed, train_per_class=a.train, val_per_class=a.val)
+    from minispp.embedded import make_classification, make_voc
+    if a.voc:
+        root = make_voc(a.out, seed=a.seed, trainval=a.trainval, test=a.test)
+    else:
+        root = make_classification(a.out, seed=a.seed, train_per_class=a.train, val_per_class=a.val)
     print(f"embedded data set in {root}")
+    return 0
+
+
+def _ints(text, what):
+    try:
+        return [int(v) for v in str(text).split(",")]
+    except ValueError:
+        raise ValueError(f"{what} must be integers separated by commas, got {text!r}") from None
+
+
+def cmd_features(a):
+    from .features import extract, output_paths
+    kind, root = next((k, getattr(a, k)) for k in ("voc", "caltech", "folder") if getattr(a, k))
+    split = a.split or {"voc": "trainval", "caltech": "all", "folder": "train"}[kind]
+    layers = [v.strip() for v in a.layer.split(",")]
+    scales = _ints(a.scale, "--scale")
+    paths = output_paths(a.out, layers, scales)
+    for s in scales:
+        r = extract(a.checkpoint, kind, root, split, layers, s, a.view,
+                    {layer: paths[layer, s] for layer in layers}, batch=a.batch,
+                    workers=a.workers, progress=not a.quiet, command="minispp " + " ".join(sys.argv[1:]))
+        rate = f", {r['images_per_s']:.1f} images/s" if r["images_per_s"] else " (already cached)"
+        print(f"s={s} {a.view}: {r['images']} images, {r['computed']} computed in "
+              f"{r['seconds']:.1f} s{rate}, {len(r['skipped'])} unreadable")
+        for layer in layers:
+            print(f"  {layer}: {paths[layer, s]}")
+    return 0
+
+
+def cmd_svm(a):
+    from minispp.feature_cache import check_identity, read_cache
+
+    from .svm import caltech_classification, folder_classification, voc_classification
+    train = read_cache(a.train)
+    test = read_cache(a.test) if a.test else None
+    kind = train.identity["data"]
+    if test is not None:
+        same = ("checkpoint", "net", "net_args", "layer", "scale", "view", "data", "mean")
+        check_identity(a.test, {k: test.identity.get(k) for k in same},
+                       {k: train.identity.get(k) for k in same},
+                       advice=f"Train and test features must come from the same model and "
+                              f"arguments (the training cache is {a.train})")
+    if kind == "caltech":
+        if test is not None and test.identity["ids_digest"] != train.identity["ids_digest"]:
+            raise ValueError("Caltech101 splits are drawn from one cache of every image; give "
+                             "--train (and optionally the same file as --test)")
+        r = caltech_classification(train, splits=a.splits, C=a.C)
+        print(f"Caltech101, {a.splits} splits: mean per-class accuracy "
+              f"{r['mean_class_accuracy']:.2%} ± {r['std']:.2%}")
+    elif test is None:
+        raise ValueError(f"{a.train} is a {kind} cache: give --test CACHE")
+    elif kind == "voc":
+        r = voc_classification(train, test, C=a.C)
+        for c, ap in r["per_class"].items():
+            print(f"  {c:>14s}: AP {ap:.1%}")
+        print(f"VOC07 classification mAP {r['mAP']:.2%} over {len(r['per_class'])} classes "
+              f"(C = {r['C']:g}, {r['seconds']:.1f} s)")
+    else:
+        r = folder_classification(train, test, C=a.C)
+        print(f"accuracy {r['accuracy']:.2%}, mean per-class accuracy "
+              f"{r['mean_class_accuracy']:.2%} (C = {r['C']:g})")
+    r.update(train=os.path.abspath(a.train), test=os.path.abspath(a.test) if a.test else None,
+             identity=train.identity)
+    if a.json:
+        with open(a.json, "w") as fh:
+            json.dump(r, fh, indent=1, default=str)
+    return 0
+
+
+def cmd_cache(a):
+    from minispp.feature_cache import cache_info
+    print(cache_info(a.file))
+    return 0
+
+
+def cmd_features_compare(a):
+    from .feature_compare import run_feature_comparison
+    print(run_feature_comparison(a.checkpoint, a.voc, a.out, train_split=a.train_split,
+                                 test_split=a.test_split, batch=a.batch, workers=a.workers,
+                                 progress=not a.quiet))
     return 0
 
 
@@ -163,7 +314,9 @@ def main(argv=None):
     from .classify import TrainingStopped
     try:
         commands = {"train": cmd_train, "test": cmd_test, "compare": cmd_compare,
-                    "baselines": cmd_baselines, "embedded": cmd_embedded}
+                    "baselines": cmd_baselines, "embedded": cmd_embedded,
+                    "features": cmd_features, "svm": cmd_svm, "cache": cmd_cache,
+                    "features-compare": cmd_features_compare}
         return commands[a.command](a)
     except TrainingStopped as err:
         print(f"error: {err}", file=sys.stderr)

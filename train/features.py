@@ -1,0 +1,243 @@
+"""Full-image features (SPEC.md §5; paper Sec. 3.2-3.3): one representation per image from a
+trained net, no fine-tuning, no augmentation, cached in HDF5 for the SVMs.
+
+Views (the paper's comparison):
+  full  the whole image resized so its shorter side is s, any aspect ratio, through the
+        conv layers and the SPP layer at that size;
+  crop  the center s x s crop of that resized image;
+  warp  the whole image warped to s x s (aspect ratio lost).
+Layers: "pool5" (the finest pyramid level, 6x6 for (6, 3, 2, 1); the last pool of a no-SPP
+net), "spp" (the whole pyramid vector), "fc6" and "fc7" (after their ReLU; dropout is off).
+
+One pass over the images fills the caches of several layers at once. Images of one shape
+are batched together; an unreadable image is reported, flagged invalid in the cache and
+given zero features. Caches are resumable (minispp.feature_cache).
+"""
+import minispp  # noqa: F401
+
+import os
+import time
+
+import numpy as np
+from tqdm import tqdm
+
+import nets
+from minispp.caltech import Caltech101
+from minispp.feature_cache import CacheWriter
+from minispp.imagefolder import ImageFolder
+from minispp.loader import BatchLoader
+from minispp.transforms import crop, resize_min_side, resize_to, to_input
+from minispp.voc import VOCDataset
+
+from .views import normalization
+
+LAYERS = ("pool5", "spp", "fc6", "fc7")
+VIEWS = ("full", "crop", "warp")
+
+
+def view_input(img, view, s, mean, scale=1.0):
+    """uint8 (H, W, 3) image -> float32 (3, h, w) input of one view at scale s."""
+    if view == "full":
+        out = resize_min_side(img, s)
+    elif view == "crop":
+        out = crop(resize_min_side(img, s), s, "center")
+    elif view == "warp":
+        out = resize_to(img, s, s)
+    else:
+        raise ValueError(f"unknown view {view!r}; expected one of {VIEWS}")
+    return to_input(out, mean, scale)
+
+
+class LayerTaps:
+    """Where each feature layer is read in a model's layer stack: {layer: (net layer name,
+    column slice or None)}; ``last`` is the deepest net layer needed."""
+
+    def __init__(self, model, layers):
+        names = [s.name for s in model.specs]
+        pool5 = model.specs[model.trunk_length]
+        self.taps = {}
+        for layer in layers:
+            if layer not in LAYERS:
+                raise ValueError(f"unknown feature layer {layer!r}; expected one of {LAYERS}")
+            if layer == "spp":
+                if model.spp is None:
+                    raise ValueError("the 'spp' layer needs an SPP net; this one is no-SPP "
+                                     "(its 'pool5' is the 6x6 max pool)")
+                self.taps[layer] = (pool5.name, None)
+            elif layer == "pool5":
+                self.taps[layer] = (pool5.name, self._finest_level(model))
+            else:
+                if layer not in names:
+                    raise ValueError(f"net {model.definition} has no {layer} layer; its layers "
+                                     f"are {names}")
+                i = names.index(layer)
+                follows = model.specs[i + 1] if i + 1 < len(names) else None
+                self.taps[layer] = ((follows.name if follows is not None and follows.kind == "relu"
+                                     else layer), None)
+        self.last = max((names.index(n) for n, _ in self.taps.values()))
+        self.last_name = names[self.last]
+
+    @staticmethod
+    def _finest_level(model):
+        """Columns of the finest pyramid level in the SPP output (levels in the given order,
+        each channel-major (C, n, n))."""
+        if model.spp is None:
+            return None
+        channels = next(s for s in reversed(model.specs[:model.trunk_length]) if s.kind == "conv").args["filters"]
+        start = 0
+        finest = max(model.spp)
+        for n in model.spp:
+            if n == finest:
+                return slice(start, start + channels * n * n)
+            start += channels * n * n
+        raise AssertionError("unreachable")
+
+    def __call__(self, net, x):
+        """{layer: (B, D) float32} for one batch x of the net's input size."""
+        wanted = {}
+        for layer, (name, cols) in self.taps.items():
+            wanted.setdefault(name, []).append((layer, cols))
+        out = {}
+        h = x
+        for layer in net.layers:
+            h = layer.forward(h, train=False)
+            for feat, cols in wanted.get(layer.name, ()):
+                flat = h.reshape(len(h), -1)
+                out[feat] = np.array(flat if cols is None else flat[:, cols], dtype=np.float32)
+            if layer.name == self.last_name:
+                break
+        return out
+
+
+class _Indexed:
+    """A data set whose 'label' is the sample index, so a loader says which images it read."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def load(self, i):
+        return self.dataset.load(i)[0], i
+
+
+def open_dataset(kind, root, split):
+    """(dataset, ids, labels, classes) of a VOC devkit split, the whole of Caltech101
+    (split 'all'; the 10 train/test splits are drawn by the SVM stage) or a class-folder
+    split (root/split/<class>/...)."""
+    if kind == "voc":
+        ds = VOCDataset(root, split)
+        return ds, list(ds.ids), ds.labels(), ds.classes
+    if kind == "caltech":
+        if split not in ("all", None):
+            raise ValueError(f"Caltech101 features are extracted for every image (--split all); "
+                             f"the SVM stage draws its 10 splits. Got --split {split!r}")
+        ds = Caltech101(root)
+        return ds, ds.ids, ds.labels(), ds.classes
+    if kind == "folder":
+        train_classes = None
+        if os.path.isdir(os.path.join(root, "train")):
+            train_classes = ImageFolder(os.path.join(root, "train")).classes
+        ds = ImageFolder(os.path.join(root, split), classes=train_classes)
+        ids = [os.path.relpath(p, ds.root) for p, _ in ds.samples]
+        return ds, ids, ds.labels(), ds.classes
+    raise ValueError(f"unknown data set kind {kind!r}; expected voc, caltech or folder")
+
+
+def extract(checkpoint, kind, root, split, layers, scale, view, outs, batch=16, workers=2,
+            progress=True, shard_size=64, mean_mode=None, command=None):
+    """Extract features of one data set split into one cache per layer.
+
+    outs: {layer: cache path}. Existing finished caches with the same identity are kept,
+    unfinished ones resumed, mismatched ones refused (CacheMismatch). Returns
+    {"paths": {layer: path}, "images": n, "computed": images run now, "seconds": s,
+    "images_per_s": rate, "skipped": [messages]}."""
+    model = nets.load(checkpoint)
+    if view == "full" and model.spp is None and scale != 224:
+        raise ValueError(f"a no-SPP net takes only 224 x 224 input; --view full at scale {scale} "
+                         f"needs an SPP net (use --view crop or warp at 224)")
+    mean_mode = mean_mode or model.meta.get("config", {}).get("mean", "image")
+    mean, pixel_scale = normalization(model.extras, mean_mode)
+    taps = LayerTaps(model, layers)
+    dataset, ids, labels, classes = open_dataset(kind, root, split)
+    identity = {"checkpoint": model.checksum, "net": model.definition,
+                "net_args": model._args_json(), "data": kind, "split": split, "scale": int(scale),
+                "view": view, "mean": str(mean_mode)}
+    provenance = {"minispp_version": minispp.__version__, "checkpoint_path": os.path.abspath(checkpoint),
+                  "data_root": os.path.abspath(root), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                  "command": command or ""}
+    writers = {layer: CacheWriter(outs[layer], dict(identity, layer=layer), ids, labels, classes,
+                                  dict(provenance), shard_size) for layer in layers}
+    todo = sorted(set().union(*(w.pending() for w in writers.values())))
+    order = np.array([i for a, b in todo for i in range(a, b)], dtype=np.int64)
+
+    def make(img, rng):
+        return view_input(img, view, scale, mean, pixel_scale)
+
+    loader = BatchLoader(_Indexed(dataset), order, 1, make, seed=(0,), workers=workers,
+                         prefetch=max(4, 2 * batch))
+    bar = tqdm(total=len(order), desc=f"features {view} s={scale}", unit="img",
+               disable=not progress)
+    t0 = time.perf_counter()
+    shard_of = {i: (a, b) for a, b in todo for i in range(a, b)}
+    buffers = {}                    # shard start -> {index: {layer: vector}}
+    pending = []                    # (index, input) not yet run
+
+    def run(items):
+        by_shape = {}
+        for i, x in items:
+            by_shape.setdefault(x.shape, []).append((i, x))
+        for shape, group in by_shape.items():
+            for k in range(0, len(group), batch):
+                part = group[k:k + batch]
+                net = model.instance(batch, shape[1:])
+                feats = taps(net, np.stack([x for _, x in part]))
+                for j, (i, _) in enumerate(part):
+                    buffers[shard_of[i][0]][i] = {layer: feats[layer][j] for layer in layers}
+
+    def flush(upto_index):
+        """Write every shard whose images all have been seen (read or skipped)."""
+        for a, b in [r for r in todo if r[0] in buffers and r[1] - 1 <= upto_index]:
+            got = buffers.pop(a)
+            for layer, w in writers.items():
+                if not os.path.exists(w._shard_path(a)) and not w.complete:
+                    dim = next(iter(got.values()))[layer].shape[0] if got else _dim(model, taps, layer, scale)
+                    feats = np.zeros((b - a, dim), dtype=np.float32)
+                    valid = np.zeros(b - a, dtype=bool)
+                    for i, v in got.items():
+                        feats[i - a], valid[i - a] = v[layer], True
+                    w.write(a, feats, valid)
+
+    for a, _ in todo:
+        buffers[a] = {}
+    for _, x, idx in loader:
+        i = int(idx[0])
+        pending.append((i, x[0]))
+        bar.update(1)
+        shard_end = shard_of[i][1] - 1
+        if len(pending) >= batch or i == shard_end:
+            run(pending)
+            pending = []
+            flush(i)
+    if pending:
+        run(pending)
+    flush(len(ids))
+    bar.close()
+    seconds = time.perf_counter() - t0
+    paths = {layer: w.finish() for layer, w in writers.items()}
+    return {"paths": paths, "images": len(ids), "computed": int(len(order)), "seconds": seconds,
+            "images_per_s": len(order) / seconds if seconds > 0 and len(order) else None,
+            "skipped": loader.skipped}
+
+
+def _dim(model, taps, layer, scale):
+    """Feature length of a layer when a whole shard was unreadable (no vector to copy)."""
+    x = np.zeros((1, 3, scale, scale), dtype=np.float32)
+    return taps(model.instance(1, (scale, scale)), x)[layer].shape[1]
+
+
+def output_paths(out, layers, scales):
+    """{(layer, scale): path}: out itself for one layer and one scale, else
+    <out stem>-<layer>-s<scale>.h5 for each."""
+    if len(layers) == 1 and len(scales) == 1:
+        return {(layers[0], scales[0]): out}
+    stem = out[:-3] if out.endswith(".h5") else out
+    return {(layer, s): f"{stem}-{layer}-s{s}.h5" for layer in layers for s in scales}
