@@ -11,8 +11,15 @@ BATCH ?= 16
 MODE ?= multi
 SPP ?= 6,3,2,1
 LR ?= 0.01
+# features + SVM (make features-demo): the embedded VOC-layout set and the train-zf5 model
+VOC ?= data/embedded-voc
+CKPT ?= $(OUT)/best.h5
+FEAT ?= runs/features
+LAYER ?= fc7
+SCALE ?= 224
+VIEW ?= full
 
-.PHONY: help install test gradcheck train-zf5 test-zf5 compare-zf5 embedded bench bench-conv bench-lrn bench-pool bench-spp \
+.PHONY: help install test gradcheck train-zf5 test-zf5 compare-zf5 embedded embedded-voc features-demo features-compare bench bench-conv bench-lrn bench-pool bench-spp \
         bench-window-spp bench-zf5 summary-zf5 geometry clean
 
 help:  ## list every target
@@ -46,6 +53,23 @@ compare-zf5: .installed  ## no-SPP vs SPP single vs SPP multi x center/10-view/f
 	@if [ "$(DATA)" = "$(EMBEDDED)" ]; then $(PYTHON) -m train embedded --out $(EMBEDDED); fi
 	$(PYTHON) -m train compare --data $(DATA) --out runs/compare --seeds $(SEEDS) --epochs $(EPOCHS) \
 	  --batch $(BATCH) --lr $(LR)
+
+embedded-voc: .installed  ## generate the embedded VOC-devkit-layout set into $(VOC) (once; 300 trainval + 300 test)
+	$(PYTHON) -m train embedded --voc --out $(VOC)
+
+$(CKPT):
+	$(MAKE) train-zf5
+
+features-demo: .installed $(CKPT) embedded-voc  ## $(LAYER) features of $(VOC) at s=$(SCALE) ($(VIEW) view) with $(CKPT), SVMs, VOC07 mAP
+	for split in trainval test; do \
+	  $(PYTHON) -m train features --checkpoint $(CKPT) --voc $(VOC) --split $$split --layer $(LAYER) \
+	    --scale $(SCALE) --view $(VIEW) --out $(FEAT)/$$split-$(VIEW)-s$(SCALE)-$(LAYER).h5 || exit 1; done
+	$(PYTHON) -m train cache info $(FEAT)/test-$(VIEW)-s$(SCALE)-$(LAYER).h5
+	$(PYTHON) -m train svm --train $(FEAT)/trainval-$(VIEW)-s$(SCALE)-$(LAYER).h5 \
+	  --test $(FEAT)/test-$(VIEW)-s$(SCALE)-$(LAYER).h5 --json $(FEAT)/svm-$(VIEW)-s$(SCALE)-$(LAYER).json
+
+features-compare: .installed $(CKPT) embedded-voc  ## crop/warp/full at 224 and full at 392 x pool5/spp/fc6/fc7 -> $(FEAT)/results.md
+	$(PYTHON) -m train features-compare --checkpoint $(CKPT) --voc $(VOC) --out $(FEAT)
 
 test:  ## the whole test suite, gradient checks included (CPU, a few minutes)
 	$(PYTEST) -q

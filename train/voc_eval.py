@@ -79,3 +79,52 @@ def classification_map(scores, labels, classes):
             empty.append(c)
     return {"per_class": per, "mAP": float(np.mean(list(per.values()))) if per else float("nan"),
             "no_positives": empty}
+
+
+def detection_ap(image_ids, scores, boxes, ground_truth, min_overlap=0.5):
+    """AP of one class's detections, as the devkit's VOCevaldet computes it.
+
+    image_ids (D,), scores (D,), boxes (D, 4): the detections (0-based inclusive pixels).
+    ground_truth: {image id: (boxes (M, 4), difficult (M,) bool)} of this class, for every
+    test image (an image may have none). Detections are taken by decreasing score (ties in
+    input order). Each is matched to the ground truth box it overlaps most in its image; at
+    IoU >= min_overlap (the devkit's `ovmax >= minoverlap`) it is a true positive if that box
+    is not yet matched, a false positive if it is (a duplicate), and neither when that box is
+    `difficult`; below min_overlap it is a false positive. Recall is over the non-difficult
+    boxes. Returns (ap, recall, precision)."""
+    from minispp.boxes import iou
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    image_ids = list(image_ids)
+    if not (len(image_ids) == len(scores) == len(boxes)):
+        raise ValueError(f"{len(image_ids)} image ids, {len(scores)} scores, {len(boxes)} boxes")
+    npos = int(sum((~np.asarray(d, bool)).sum() for _, d in ground_truth.values()))
+    matched = {k: np.zeros(len(d), dtype=bool) for k, (_, d) in ground_truth.items()}
+    order = np.argsort(-scores, kind="stable")
+    tp = np.zeros(len(order))
+    fp = np.zeros(len(order))
+    for r, d in enumerate(order):
+        key = image_ids[d]
+        if key not in ground_truth:
+            raise ValueError(f"detection {d} is on image {key!r}, which is not in the ground truth")
+        gt_boxes, difficult = ground_truth[key]
+        gt_boxes = np.asarray(gt_boxes, dtype=np.float64).reshape(-1, 4)
+        if len(gt_boxes) == 0:
+            fp[r] = 1
+            continue
+        ov = iou(boxes[d:d + 1], gt_boxes)[0]
+        j = int(np.argmax(ov))                      # the first of equal overlaps
+        if ov[j] >= min_overlap:
+            if difficult[j]:
+                continue
+            if not matched[key][j]:
+                tp[r] = 1
+                matched[key][j] = True
+            else:
+                fp[r] = 1
+        else:
+            fp[r] = 1
+    tp, fp = np.cumsum(tp), np.cumsum(fp)
+    recall = tp / npos if npos else np.zeros_like(tp)
+    precision = np.where(tp + fp > 0, tp / np.maximum(tp + fp, 1), 0.0)
+    return voc07_ap(recall, precision), recall, precision
