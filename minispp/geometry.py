@@ -145,6 +145,22 @@ def pyramid_bins(windows, levels, form="appendix"):
     return tuple(np.ascontiguousarray(np.concatenate(p, axis=1)) for p in parts)
 
 
+def receptive_field(layers):
+    """Where the cells of a conv trunk look: layers is [(kernel, stride, pad), ...] in order.
+    Returns (S, offset, size): cell x' of the last map is centred on image pixel
+    offset + S x' (pixel centres at integer coordinates), and sees size x size pixels.
+
+    Each layer moves the centre of cell 0 by ((k - 1) / 2 - p) times the stride so far. With
+    the Appendix's padding floor(k / 2) on odd kernels that is 0, and offset = 0. ZF-5 pads
+    conv1 (7x7) and conv2 (5x5) by 1 and its pools by 0: offset = 2 + 2 + 4 + 8 = 16 pixels."""
+    S, offset, size = 1, 0.0, 1
+    for k, stride, pad in layers:
+        offset += ((k - 1) / 2.0 - pad) * S
+        size += (k - 1) * S
+        S *= stride
+    return S, offset, size
+
+
 def window_to_feature_map(boxes, stride, map_shape, offset=0.0):
     """Project image windows onto a conv feature map (paper Appendix, "Mapping a Window").
 

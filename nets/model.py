@@ -13,6 +13,7 @@ import minispp
 from layers import SoftmaxLoss
 from minispp import Net, Params
 from minispp.checkpoint import read_checkpoint, read_weights, save_checkpoint, write_weights
+from minispp.geometry import receptive_field
 from minispp.layer import as_pair
 
 from .definitions import DEFINITIONS
@@ -88,6 +89,13 @@ class Model:
         for spec in self.specs[:self.trunk_length]:
             s *= spec.args.get("stride", 1)
         return s
+
+    def feature_geometry(self):
+        """(S, offset, receptive field) of the last conv map: cell x' is centred on image
+        pixel offset + S x' (minispp.geometry.receptive_field)."""
+        layers = [(s.args["size"], s.args.get("stride", 1), s.args.get("pad", 0))
+                  for s in self.specs[:self.trunk_length] if s.kind in ("conv", "pool")]
+        return receptive_field(layers)
 
     def _cached(self, key, make):
         if key in self._instances:

@@ -114,3 +114,34 @@ def test_geometry_command_prints_the_truth_table():
                          capture_output=True, text=True, check=True).stdout
     assert "[5, 7)" in out and "differs" in out
     assert "never pooled: [7, 8, 9]" in out
+
+
+def test_receptive_field_by_hand():
+    from minispp.geometry import receptive_field
+    # Appendix padding floor(k/2) on odd kernels: centres at S x', no offset
+    assert receptive_field([(3, 1, 1), (3, 2, 1), (5, 2, 2)]) == (4, 0.0, 1 + 2 * 1 + 2 * 1 + 4 * 2)
+    # ZF-5: conv1 7/2 pad 1, pool 3/2, conv2 5/2 pad 1, pool 3/2, conv3-5 3/1 pad 1
+    zf5 = [(7, 2, 1), (3, 2, 0), (5, 2, 1), (3, 2, 0), (3, 1, 1), (3, 1, 1), (3, 1, 1)]
+    assert receptive_field(zf5) == (16, 16.0, 139)
+
+
+def test_zf5_conv5_cells_see_the_pixels_the_geometry_says():
+    """An impulse at one pixel, through ZF-5's conv layers with positive weights and no
+    bias, changes exactly the conv5 cells whose receptive field (centre offset + S x',
+    139 pixels wide) contains it."""
+    import nets
+    model = nets.build("zf5", num_classes=10, dtype=np.float64)
+    for p in model.params:
+        p.value[...] = np.abs(p.value) if p.name.endswith(".W") else 0.0
+    S, offset, size = model.feature_geometry()
+    H = W = 320
+    trunk = model.trunk((H, W))
+    half = (size - 1) // 2
+    for py, px in ((150, 161), (170, 176), (160, 160)):
+        x = np.zeros((1, 3, H, W))
+        x[0, :, py, px] = 1000.0
+        hit = trunk.forward(x)[0].max(axis=0) > 0
+        rows, cols = np.nonzero(hit.any(axis=1))[0], np.nonzero(hit.any(axis=0))[0]
+        expect = lambda p, n: [c for c in range(n) if abs(p - (offset + S * c)) <= half]
+        assert rows.tolist() == expect(py, hit.shape[0])
+        assert cols.tolist() == expect(px, hit.shape[1])
