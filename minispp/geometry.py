@@ -171,7 +171,9 @@ def window_to_feature_map(boxes, stride, map_shape, offset=0.0):
     from floor(p/2): the rule is applied to x - offset.
 
     A window narrower than about S projects to x2' < x1'; it is shrunk to the one cell nearest
-    its centre, so no window ever pools an empty bin. Cells are clipped to the map.
+    its centre, so no window ever pools an empty bin. Cells are clipped to the map (a small
+    window in the last pixels past the last cell centre gets that last cell); a window more
+    than a stride away from every cell centre raises ValueError.
 
     boxes: (R, 4) pixels (x1, y1, x2, y2). stride: S. map_shape: (H, W) of the feature map.
     Returns (R, 4) int64 cells (x1, y1, x2, y2), inclusive, inside the map.
@@ -184,18 +186,20 @@ def window_to_feature_map(boxes, stride, map_shape, offset=0.0):
     check_windows_ordered(boxes, "image window")
     H, W = int(map_shape[0]), int(map_shape[1])
     b = (boxes - offset) / float(stride)
+    limit = np.array([W - 1, H - 1], dtype=np.float64)
+    # a window whose span does not come within one stride of the map's cell centres is
+    # not on this image: say so rather than pool something arbitrary
+    outside = (b[:, [0, 1]] > limit + 1) | (b[:, [2, 3]] < -1)
+    if outside.any():
+        r = int(np.nonzero(outside.any(axis=1))[0][0])
+        raise ValueError(f"window {r} {tuple(float(v) for v in boxes[r])} (pixels) lies outside "
+                         f"the feature map of {H}x{W} cells at stride {stride}")
     left = np.floor(b[:, [0, 1]]) + 1
     right = np.ceil(b[:, [2, 3]]) - 1
-    centre = np.rint((b[:, [0, 1]] + b[:, [2, 3]]) / 2)
+    centre = np.clip(np.rint((b[:, [0, 1]] + b[:, [2, 3]]) / 2), 0, limit)
     empty = right < left
     left = np.where(empty, centre, left)
     right = np.where(empty, centre, right)
-    limit = np.array([W - 1, H - 1], dtype=np.float64)
-    outside = (left > limit) | (right < 0)
-    if outside.any():
-        r = int(np.nonzero(outside.any(axis=1))[0][0])
-        raise ValueError(f"window {r} {tuple(boxes[r])} (pixels) lies outside the feature map "
-                         f"of {H}x{W} cells at stride {stride}")
     left = np.clip(left, 0, limit)
     right = np.clip(right, 0, limit)
     return np.concatenate([left, right], axis=1).astype(np.int64)

@@ -145,3 +145,11 @@ def test_zf5_conv5_cells_see_the_pixels_the_geometry_says():
         expect = lambda p, n: [c for c in range(n) if abs(p - (offset + S * c)) <= half]
         assert rows.tolist() == expect(py, hit.shape[0])
         assert cols.tolist() == expect(px, hit.shape[1])
+
+
+def test_small_window_past_the_last_cell_centre_gets_the_last_cell():
+    # map 5x6 at stride 16: the last column's centre is pixel 80, the image goes on to ~95
+    cells = window_to_feature_map([[86, 60, 89, 63]], 16, (5, 6))
+    assert cells.tolist() == [[5, 4, 5, 4]]
+    cells = window_to_feature_map([[86, 60, 89, 63]], 16, (5, 6), offset=16.0)
+    assert cells.tolist() == [[4, 3, 4, 3]]
