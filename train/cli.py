@@ -8,6 +8,11 @@
     minispp svm --train CACHE --test CACHE --json RESULT.json
     minispp cache info CACHE.h5
     minispp features-compare --checkpoint CKPT --voc DIR --out runs/features
+    minispp proposals --voc DIR --split test --out DIR
+    minispp detect-train --voc DIR --checkpoint CKPT --out DETDIR
+    minispp detect-test --voc DIR --split test --model DETDIR --json RESULT.json [--scales 688 | --scales 480,576,688,864,1200]
+    minispp detect IMAGE... --model DETDIR --out PNGDIR
+    minispp detect-time --voc DIR --model DETDIR
 """
 import minispp  # noqa: F401  (first: it sets OpenBLAS's thread timeout before NumPy loads)
 
@@ -15,6 +20,8 @@ import argparse
 import json
 import os
 import sys
+
+import numpy as np
 
 EXAMPLES = {
     "train": """examples:
@@ -46,6 +53,16 @@ checkpoint or with other arguments is refused.""",
   minispp features-compare --checkpoint runs/zf5/best.h5 --voc data/embedded-voc --out runs/features
 Extracts (or reuses) caches for crop/warp/full at 224 and full at 392, for pool5, spp, fc6 and
 fc7, trains the SVMs and writes OUT/results.md and OUT/results.json.""",
+    "detect-train": """examples:
+  minispp detect-train --voc data/embedded-voc --checkpoint runs/zf5/best.h5 --out runs/det
+  minispp detect-train --voc /data/VOCdevkit --checkpoint zf5.h5 --out runs/voc07 \
+      --ft-iters 250000 --ft-lr 1e-4 --ft-drop-at 0.833 --proposals-file voc_2007_trainval.mat
+Writes DETDIR/detector.h5 (trunk, fine-tuned fc6/fc7/fc8, SVMs, box regressors), the
+proposal and conv5 caches (resumable) and train_log.json.""",
+    "detect-test": """examples:
+  minispp detect-test --voc data/embedded-voc --split test --model runs/det --json r.json
+  minispp detect-test --voc data/embedded-voc --model runs/det --scales 480,576,688,864,1200
+  minispp detect-test --voc data/embedded-voc --model runs/det --combine runs/det2   # two nets""",
     "embedded": """examples:
   minispp embedded --out data/embedded                 # 10 classes, 120 train + 30 val images each
   minispp embedded --out /tmp/small --train 20 --val 5 --seed 3
@@ -157,6 +174,67 @@ def parse_args(argv):
     fc.add_argument("--batch", type=int, default=16)
     fc.add_argument("--workers", type=int, default=2)
     fc.add_argument("--quiet", action="store_true")
+
+    pr = sub.add_parser("proposals", help="selective search proposals of a VOC split, and their recall",
+                        epilog="examples:\n  minispp proposals --voc data/embedded-voc --split test --out runs/det",
+                        formatter_class=fmt)
+    pr.add_argument("--voc", required=True)
+    pr.add_argument("--split", default="test")
+    pr.add_argument("--out", required=True, help="folder; proposals go to OUT/proposals/<id>.h5")
+    pr.add_argument("--top", type=int, default=2000)
+    pr.add_argument("--seed", type=int, default=0)
+    pr.add_argument("--limit", type=int, help="only the first N images")
+    pr.add_argument("--file", help="precomputed proposals (.mat/.npz/.npy/.h5) instead of selective search")
+
+    dt = sub.add_parser("detect-train", help="train the SPP-net detector on a VOC devkit",
+                        epilog=EXAMPLES["detect-train"], formatter_class=fmt)
+    dt.add_argument("--voc", required=True)
+    dt.add_argument("--checkpoint", required=True, help="a classification checkpoint with SPP")
+    dt.add_argument("--out", required=True)
+    dt.add_argument("--split", default="trainval")
+    dt.add_argument("--scales", default="688", help="688, or 480,576,688,864,1200")
+    dt.add_argument("--proposals", type=int, default=2000, help="selective search boxes per image")
+    dt.add_argument("--proposals-file", help="precomputed proposals instead of selective search")
+    dt.add_argument("--ft-iters", type=int, default=600, help="fine-tuning mini-batches (paper: 300k)")
+    dt.add_argument("--ft-lr", type=float, default=1e-3, help="fine-tuning rate (paper: 1e-4)")
+    dt.add_argument("--ft-drop-at", type=float, default=0.8, help="fraction of iterations before lr/10")
+    dt.add_argument("--ft-batch", type=int, default=128)
+    dt.add_argument("--svm-feature", default="fc7", choices=["fc7", "pool5"])
+    dt.add_argument("--svm-C", type=float, default=0.001)
+    dt.add_argument("--hard-rounds", type=int, default=1, help="hard negative mining rounds")
+    dt.add_argument("--limit", type=int, help="only the first N training images")
+    dt.add_argument("--seed", type=int, default=0)
+    dt.add_argument("--quiet", action="store_true")
+
+    de = sub.add_parser("detect-test", help="VOC07 detection mAP of a trained detector",
+                        epilog=EXAMPLES["detect-test"], formatter_class=fmt)
+    de.add_argument("--voc", required=True)
+    de.add_argument("--split", default="test")
+    de.add_argument("--model", required=True, help="DETDIR of detect-train")
+    de.add_argument("--json", help="write the result here")
+    de.add_argument("--scales", help="test scales (default: the training ones)")
+    de.add_argument("--scorer", default="svm", choices=["svm", "softmax"])
+    de.add_argument("--combine", help="a second DETDIR: model combination")
+    de.add_argument("--limit", type=int, help="only the first N test images")
+    de.add_argument("--quiet", action="store_true")
+
+    dd = sub.add_parser("detect", help="detect objects in images and draw them (PNG)",
+                        epilog="examples:\n  minispp detect photo.jpg other.png --model runs/det --out runs/det/pictures",
+                        formatter_class=fmt)
+    dd.add_argument("images", nargs="+")
+    dd.add_argument("--model", required=True)
+    dd.add_argument("--out", required=True, help="folder for <image>-detections.png and <image>-projection.png")
+    dd.add_argument("--threshold", type=float, default=0.0, help="draw detections scoring above this")
+    dd.add_argument("--scales", help="default: the training scales")
+
+    dm = sub.add_parser("detect-time", help="SPP-net vs the R-CNN way, seconds per image (Table 10)",
+                        epilog="examples:\n  minispp detect-time --voc data/embedded-voc --model runs/det --images 3",
+                        formatter_class=fmt)
+    dm.add_argument("--voc", required=True)
+    dm.add_argument("--model", required=True)
+    dm.add_argument("--split", default="test")
+    dm.add_argument("--images", type=int, default=3)
+    dm.add_argument("--out", help="write the Markdown table here (default: MODEL/timing.md)")
     return ap.parse_args(argv)
 
 
@@ -295,6 +373,111 @@ def cmd_svm(a):
     return 0
 
 
+def cmd_proposals(a):
+    from minispp.proposals import ProposalCache, recall
+    from minispp.voc import VOCDataset
+    from tqdm import tqdm
+    ds = VOCDataset(a.voc, a.split)
+    cache = ProposalCache(os.path.join(a.out, "proposals"), seed=a.seed, top=a.top, precomputed=a.file)
+    n = len(ds) if a.limit is None else min(a.limit, len(ds))
+    props, gts = [], []
+    for i in tqdm(range(n), desc="proposals", unit="img"):
+        props.append(cache.get(ds.ids[i], lambda i=i: ds.load(i)[0]))
+        boxes, _, diff = ds.object_boxes(i)
+        gts.append(boxes[~diff])
+    r = recall(props, gts)
+    print(f"{n} images, {np.mean([len(p) for p in props]):.0f} boxes per image on average; "
+          f"recall of {sum(len(g) for g in gts)} non-difficult objects: IoU 0.5: {r[0.5]:.1%}, "
+          f"IoU 0.7: {r[0.7]:.1%}")
+    return 0
+
+
+def cmd_detect_train(a):
+    from .detector import train_detector
+    train_detector(a.voc, a.checkpoint, a.out, split=a.split, limit=a.limit, progress=not a.quiet,
+                   precomputed=a.proposals_file, scales=tuple(_ints(a.scales, "--scales")),
+                   proposals=a.proposals, ft_iters=a.ft_iters, ft_lr=a.ft_lr,
+                   ft_drop_at=a.ft_drop_at, ft_batch=a.ft_batch, svm_feature=a.svm_feature,
+                   svm_C=a.svm_C, hard_rounds=a.hard_rounds, seed=a.seed)
+    print(f"detector written to {os.path.join(a.out, 'detector.h5')}")
+    return 0
+
+
+def cmd_detect_test(a):
+    from .detector import evaluate_detector, load_detector
+    det = load_detector(a.model)
+    others = (load_detector(a.combine),) if a.combine else ()
+    scales = tuple(_ints(a.scales, "--scales")) if a.scales else None
+    r = evaluate_detector(det, a.voc, a.split, workdir=a.model, scales=scales, scorer=a.scorer,
+                          limit=a.limit, progress=not a.quiet, others=others)
+    for c, ap in r["bbox"]["per_class"].items():
+        print(f"  {c:>14s}: AP {ap:.1%} ({r['no_bbox']['per_class'][c]:.1%} without box regression)")
+    print(f"VOC07 detection mAP {r['bbox']['mAP']:.2%} with box regression, "
+          f"{r['no_bbox']['mAP']:.2%} without; {r['images']} images, scales {r['scales']}")
+    if a.json:
+        with open(a.json, "w") as fh:
+            json.dump(dict(r, model=os.path.abspath(a.model), voc=os.path.abspath(a.voc)), fh, indent=1)
+    return 0
+
+
+def cmd_detect(a):
+    from minispp.geometry import window_to_feature_map
+    from minispp.imagefolder import load_rgb
+    from minispp.selective_search import selective_search
+    from minispp.transforms import resize_min_side
+
+    from .det_draw import draw_detections, draw_projection
+    from .det_features import choose_scales, conv5_maps, scale_factors
+    from .detector import detections_from_scores, load_detector, score_windows
+    det = load_detector(a.model)
+    scales = tuple(_ints(a.scales, "--scales")) if a.scales else tuple(det.config["scales"])
+    os.makedirs(a.out, exist_ok=True)
+    S, offset, receptive = det.model.feature_geometry()
+    for path in a.images:
+        img = load_rgb(path)
+        boxes = selective_search(img, seed=det.config["seed"], top=det.config["proposals"])
+        maps = conv5_maps(det.model, img, scales, det.mean, det.pixel_scale)
+        scores, regressed = score_windows(det, maps, img.shape[:2], boxes)
+        dets = detections_from_scores(scores, regressed, det.config["nms"], det.config["max_per_image"])
+        stem = os.path.join(a.out, os.path.splitext(os.path.basename(path))[0])
+        draw_detections(img, dets, det.classes, a.threshold).save(stem + "-detections.png")
+        c, r = np.unravel_index(np.argmax(scores), scores.shape)[::-1]
+        box = boxes[r]
+        k = int(choose_scales(box[None], img.shape[:2], scales)[0])
+        f = scale_factors(img.shape[:2], scales)[k]
+        m = maps[scales[k]]
+        cells = window_to_feature_map(box[None] * f, S, m.shape[2:], offset)[0]
+        draw_projection(resize_min_side(img, scales[k]), box * f, cells, S, offset,
+                        receptive).save(stem + "-projection.png")
+        shown = sum(int((s > a.threshold).sum()) for _, s in dets.values())
+        print(f"{path}: {len(boxes)} proposals, {shown} detections above {a.threshold}: "
+              f"{stem}-detections.png; best window's projection (scale {scales[k]}, conv5 cells "
+              f"{tuple(int(v) for v in cells)}): {stem}-projection.png")
+    return 0
+
+
+def cmd_detect_time(a):
+    from minispp.proposals import ProposalCache
+    from minispp.voc import VOCDataset
+
+    from .det_time import time_table
+    from .detector import load_detector
+    det = load_detector(a.model)
+    ds = VOCDataset(a.voc, a.split)
+    props = ProposalCache(os.path.join(a.model, "proposals"), seed=det.config["seed"],
+                          top=det.config["proposals"])
+    images = []
+    for i in range(min(a.images, len(ds))):
+        img = ds.load(i)[0]
+        images.append((ds.ids[i], img, props.get(ds.ids[i], lambda img=img: img)))
+    _, table = time_table(det, images)
+    print(table)
+    out = a.out or os.path.join(a.model, "timing.md")
+    with open(out, "w") as fh:
+        fh.write(table)
+    return 0
+
+
 def cmd_cache(a):
     from minispp.feature_cache import cache_info
     print(cache_info(a.file))
@@ -316,7 +499,9 @@ def main(argv=None):
         commands = {"train": cmd_train, "test": cmd_test, "compare": cmd_compare,
                     "baselines": cmd_baselines, "embedded": cmd_embedded,
                     "features": cmd_features, "svm": cmd_svm, "cache": cmd_cache,
-                    "features-compare": cmd_features_compare}
+                    "features-compare": cmd_features_compare, "proposals": cmd_proposals,
+                    "detect-train": cmd_detect_train, "detect-test": cmd_detect_test,
+                    "detect": cmd_detect, "detect-time": cmd_detect_time}
         return commands[a.command](a)
     except TrainingStopped as err:
         print(f"error: {err}", file=sys.stderr)

@@ -1,0 +1,179 @@
+"""The detector's parts: scale choice, the SVM negative rules, the R-CNN crop, the conv5 cache
+(resume after a kill, refusal), and the whole path on the small net through the commands."""
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import h5py
+import numpy as np
+import pytest
+
+import nets
+from minispp.embedded import make_voc
+from minispp.feature_cache import CacheMismatch
+from minispp.voc import VOCDataset
+from train.cli import main
+from train.det_features import ConvCache, WindowPooler, choose_scales
+from train.det_time import rcnn_crop
+from train.detector import ImageWindows, load_detector, score_windows, svm_negatives
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def save_small(path, seed=0):
+    m = nets.build("small", num_classes=10, spp=(3, 2, 1), rng=np.random.default_rng(seed))
+    m.save(path, meta={"config": {"mean": "image"}},
+           extras={"mean_image": np.full((3, 32, 32), 110, np.float32), "pixel_std": np.array(60.0)})
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def voc(tmp_path_factory):
+    return make_voc(tmp_path_factory.mktemp("detvoc") / "voc", seed=1, trainval=6, test=3)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    return save_small(tmp_path_factory.mktemp("detck") / "small.h5")
+
+
+def test_each_window_goes_to_the_scale_nearest_224_squared():
+    hw = (400, 500)                          # factors 480/400 = 1.2 and 688/400 = 1.72
+    # 100 x 100: areas 14,400 and 29,584 scaled -> 688 is nearer 50,176
+    # 300 x 300: 129,600 and 266,256 -> 480
+    got = choose_scales([[0, 0, 99, 99], [0, 0, 299, 299]], hw, (480, 688))
+    assert got.tolist() == [1, 0]
+    five = (480, 576, 688, 864, 1200)
+    tiny = choose_scales([[0, 0, 19, 19]], hw, five)
+    assert five[int(tiny[0])] == 1200
+
+
+def test_svm_negatives_follow_the_iou_rules():
+    gt = np.array([[0, 0, 99, 99]], float)
+    props = np.array([[0, 0, 99, 79],        # IoU 0.8: not a negative
+                      [50, 50, 149, 149],    # IoU 2500/17500 = 0.14: negative
+                      [51, 50, 150, 149],    # overlaps the previous one by 0.98: dropped
+                      [300, 300, 399, 399],  # far away: negative
+                      [0, 0, 99, 49]], float)  # IoU 0.5: above 0.3, not a negative
+    im = ImageWindows("x", (400, 400), gt, [0], props, 2)
+    assert im.overlap[1:, 0].round(2).tolist() == [0.8, 0.14, 0.14, 0.0, 0.5]
+    # rows are windows: the ground truth first, then the proposals
+    assert svm_negatives(im, 0).tolist() == [2, 4]
+    assert svm_negatives(im, 0, neg_neg=1.0).tolist() == [2, 3, 4]
+    # class 1 has no box: every proposal is a negative, minus the 0.7 neighbours
+    # (the last, IoU 5000/8000 = 0.625 with the first, stays)
+    assert svm_negatives(im, 1).tolist() == [1, 2, 4, 5]
+
+
+def test_rcnn_crop_keeps_16_pixels_of_context():
+    img = np.zeros((300, 300, 3), np.uint8)
+    img[100:200, 100:200] = 255
+    x = rcnn_crop(img, [100, 100, 199, 199], 0.0, 1.0)
+    assert x.shape == (3, 224, 224)
+    assert x[:, 20:204, 20:204].min() > 250            # the box fills the middle 192 x 192
+    assert x[:, :, :14].max() < 5 and x[:, :14, :].max() < 5    # 16 px of its surroundings
+    edge = rcnn_crop(img, [0, 0, 49, 49], 0.0, 1.0)   # context off the image is the mean
+    assert edge.shape == (3, 224, 224) and edge[:, :10, :10].max() == 0
+
+
+SLOW_CONV = """
+import sys, time
+import numpy as np, nets
+from minispp.voc import VOCDataset
+from train.det_features import ConvCache
+from train.views import normalization
+ckpt, voc, folder = sys.argv[1:4]
+m = nets.load(ckpt)
+mean, sc = normalization(m.extras)
+cache = ConvCache(folder, m, (64, 96), mean, sc)
+ds = VOCDataset(voc, "trainval")
+for i in range(len(ds)):
+    cache.get(ds.ids[i], lambda: ds.load(i)[0])
+    time.sleep(0.4)
+"""
+
+
+def test_conv_cache_resumes_after_a_kill_and_refuses_another_model(ckpt, voc, tmp_path):
+    folder = str(tmp_path / "conv")
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_CONV, ckpt, str(voc), folder], env=env)
+    try:
+        deadline = time.time() + 120
+        while len(glob.glob(folder + "/0*.h5")) < 2:
+            assert proc.poll() is None and time.time() < deadline
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    done = sorted(glob.glob(folder + "/0*.h5"))
+    assert 2 <= len(done) < 6
+    for p in done:
+        with h5py.File(p, "r") as f:
+            assert set(f["conv5"]) == {"64", "96"}
+    model = nets.load(ckpt)
+    from train.views import normalization
+    mean, sc = normalization(model.extras)
+    ds = VOCDataset(voc, "trainval")
+    cache = ConvCache(folder, model, (64, 96), mean, sc)
+    fresh = ConvCache(str(tmp_path / "fresh"), model, (64, 96), mean, sc)
+    for i in range(len(ds)):
+        a, hw = cache.get(ds.ids[i], lambda: ds.load(i)[0])
+        b, hw2 = fresh.get(ds.ids[i], lambda: ds.load(i)[0])
+        assert hw == hw2 == ds.load(i)[0].shape[:2]
+        for s in (64, 96):
+            np.testing.assert_array_equal(a[s], b[s])
+    with pytest.raises(CacheMismatch, match="scales"):
+        ConvCache(folder, model, (64,), mean, sc)
+    other = nets.load(save_small(tmp_path / "other.h5", seed=5))
+    with pytest.raises(CacheMismatch, match="checkpoint"):
+        ConvCache(folder, other, (64, 96), mean, sc)
+
+
+def test_pooler_uses_the_map_of_each_windows_scale(ckpt):
+    from layers import WindowSPP
+    model = nets.load(ckpt)
+    pool = WindowPooler(model, model.spp)
+    S, offset, _ = model.feature_geometry()
+    rng = np.random.default_rng(0)
+    maps = {64: rng.random((1, 5, 16, 20), dtype=np.float32),
+            128: rng.random((1, 5, 32, 40), dtype=np.float32)}
+    hw = (100, 125)                            # factors 0.64 and 1.28
+    boxes = np.array([[0, 0, 99, 99], [10, 10, 29, 29]], float)
+    got = pool(maps, boxes, hw)
+    # the big box is nearest 224^2 at 128... both are below it: each goes to 128
+    layer = WindowSPP(model.spp, feature_stride=S, offset=offset)
+    layer.setup(maps[128].shape)
+    np.testing.assert_array_equal(got, layer.forward(maps[128], boxes * 1.28, train=False))
+
+
+def test_detector_commands_end_to_end(ckpt, voc, tmp_path, capsys):
+    out = str(tmp_path / "det")
+    assert main(["detect-train", "--voc", str(voc), "--checkpoint", ckpt, "--out", out,
+                 "--scales", "96", "--proposals", "200", "--ft-iters", "15", "--quiet"]) == 0
+    log = json.load(open(os.path.join(out, "train_log.json")))
+    assert any("hard negatives" in line for line in log["log"])
+    assert main(["detect-test", "--voc", str(voc), "--model", out, "--json",
+                 str(tmp_path / "r.json"), "--quiet"]) == 0
+    r = json.load(open(tmp_path / "r.json"))
+    assert r["images"] == 3 and set(r) >= {"bbox", "no_bbox"}
+    assert all(0 <= ap <= 1 for ap in r["bbox"]["per_class"].values())
+    # the saved detector scores windows exactly as before saving
+    det = load_detector(out)
+    ds = VOCDataset(voc, "test")
+    conv = ConvCache(os.path.join(out, "conv5-96"), det.model, (96,), det.mean, det.pixel_scale)
+    maps, hw = conv.get(ds.ids[0], lambda: ds.load(0)[0])
+    boxes = np.array([[5, 5, 80, 90], [20, 30, 200, 150]], float)
+    s1, b1 = score_windows(det, maps, hw, boxes)
+    s2, b2 = score_windows(load_detector(out), maps, hw, boxes)
+    np.testing.assert_array_equal(s1, s2)
+    np.testing.assert_array_equal(b1, b2)
+    pics = str(tmp_path / "pics")
+    img = os.path.join(str(voc), "JPEGImages", f"{ds.ids[0]}.jpg")
+    assert main(["detect", img, "--model", out, "--out", pics, "--threshold", "-100"]) == 0
+    assert os.path.getsize(os.path.join(pics, f"{ds.ids[0]}-detections.png")) > 0
+    assert os.path.getsize(os.path.join(pics, f"{ds.ids[0]}-projection.png")) > 0
+    capsys.readouterr()

@@ -1,0 +1,56 @@
+"""Pictures of the detector: detections on an image, and the projection audit (a window
+on the image with the conv5 cells it pools from, and where those cells look)."""
+import numpy as np
+from PIL import Image, ImageDraw
+
+PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
+           (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212),
+           (0, 128, 128), (220, 190, 255), (170, 110, 40), (255, 250, 200), (128, 0, 0),
+           (170, 255, 195), (128, 128, 0), (255, 215, 180), (0, 0, 128), (128, 128, 128)]
+
+
+def class_colour(c):
+    return PALETTE[c % len(PALETTE)]
+
+
+def draw_detections(img, detections, classes, threshold=0.0, width=3):
+    """A PIL image: img (uint8 RGB) with every detection scoring above threshold, boxed in its
+    class's colour and labelled 'class score'. detections: {class index: (boxes, scores)}."""
+    out = Image.fromarray(np.asarray(img)).convert("RGB")
+    d = ImageDraw.Draw(out)
+    for c, (boxes, scores) in detections.items():
+        for b, s in zip(boxes, scores):
+            if s <= threshold:
+                continue
+            x1, y1, x2, y2 = (float(v) for v in b)
+            d.rectangle([x1, y1, x2, y2], outline=class_colour(c), width=width)
+            label = f"{classes[c]} {s:.2f}"
+            tw = d.textlength(label)
+            d.rectangle([x1, max(0, y1 - 12), x1 + tw + 4, max(0, y1 - 12) + 12], fill=class_colour(c))
+            d.text((x1 + 2, max(0, y1 - 12)), label, fill=(0, 0, 0))
+    return out
+
+
+def draw_projection(img, box, cells, stride, offset, receptive, scale=1.0):
+    """The projection audit: img (the image at the scale the window was pooled from, uint8
+    RGB), the window box (pixels of that image, red), the centre of every conv5 cell (grey
+    dots), the window's projected cells (green dots, their block outlined) and the
+    receptive fields of its corner cells (thin blue squares)."""
+    out = Image.fromarray(np.asarray(img)).convert("RGB")
+    d = ImageDraw.Draw(out)
+    H, W = np.asarray(img).shape[:2]
+    x1c, y1c, x2c, y2c = (int(v) for v in cells)
+    for cy in range(0, int((H - 1 - offset) // stride) + 1):
+        for cx in range(0, int((W - 1 - offset) // stride) + 1):
+            px, py = offset + stride * cx, offset + stride * cy
+            inside = x1c <= cx <= x2c and y1c <= cy <= y2c
+            r = 2 if inside else 1
+            d.ellipse([px - r, py - r, px + r, py + r], fill=(0, 220, 0) if inside else (160, 160, 160))
+    d.rectangle([offset + stride * x1c, offset + stride * y1c, offset + stride * x2c,
+                 offset + stride * y2c], outline=(0, 220, 0), width=1)
+    half = (receptive - 1) / 2
+    for cx, cy in ((x1c, y1c), (x2c, y2c)):
+        px, py = offset + stride * cx, offset + stride * cy
+        d.rectangle([px - half, py - half, px + half, py + half], outline=(40, 90, 255), width=1)
+    d.rectangle([float(v) for v in box], outline=(255, 0, 0), width=2)
+    return out

@@ -1,0 +1,144 @@
+"""The paper's Table 10 on this machine: the SPP-net way against the R-CNN way, same model,
+same images, same windows, same process.
+
+R-CNN way: every window is cropped with 16 pixels of context (the box is enlarged so that,
+warped to 224 x 224, it has 16 pixels of image around it; what falls outside the image is
+the mean, zero after mean subtraction), warped to 224 x 224 and run through the whole net:
+conv1-conv5, the pooling layer, fc6, fc7. All of an image's windows are run (in batches),
+nothing is extrapolated.
+SPP-net way: conv1-conv5 once per image and scale (1 scale: 688; 5 scales), every window
+projected and pooled with the pyramid from the map of its scale, fc6 and fc7 on the pooled
+features.
+"""
+import time
+
+import numpy as np
+from PIL import Image
+
+from minispp.transforms import to_input
+
+from .det_features import FIVE_SCALES, SINGLE_SCALE, conv5_maps
+
+CROP, CONTEXT = 224, 16
+
+
+def rcnn_crop(img, box, mean, pixel_scale, size=CROP, context=CONTEXT):
+    """One window the R-CNN way: (3, size, size) float32 input."""
+    H, W = img.shape[:2]
+    x1, y1, x2, y2 = (float(v) for v in box)
+    cx, cy = (x1 + x2 + 1) / 2, (y1 + y2 + 1) / 2
+    grow = size / (size - 2.0 * context)
+    hw, hh = (x2 - x1 + 1) / 2 * grow, (y2 - y1 + 1) / 2 * grow
+    ex1, ey1, ex2, ey2 = cx - hw, cy - hh, cx + hw, cy + hh          # enlarged, continuous
+    fx, fy = size / (ex2 - ex1), size / (ey2 - ey1)
+    cx1, cy1 = max(0, int(np.floor(ex1))), max(0, int(np.floor(ey1)))
+    cx2, cy2 = min(W, int(np.ceil(ex2))), min(H, int(np.ceil(ey2)))
+    ox1 = min(size - 1, max(0, int(round((cx1 - ex1) * fx))))
+    oy1 = min(size - 1, max(0, int(round((cy1 - ey1) * fy))))
+    ow = max(1, min(size - ox1, int(round((cx2 - cx1) * fx))))
+    oh = max(1, min(size - oy1, int(round((cy2 - cy1) * fy))))
+    patch = np.asarray(Image.fromarray(img[cy1:cy2, cx1:cx2]).resize((ow, oh), Image.BILINEAR))
+    out = np.zeros((3, size, size), dtype=np.float32)
+    out[:, oy1:oy1 + oh, ox1:ox1 + ow] = to_input(patch, _mean_patch(mean, size, oy1, ox1, oh, ow),
+                                                  pixel_scale)
+    return out
+
+
+def _mean_patch(mean, size, y, x, h, w):
+    if np.ndim(mean) == 0:
+        return mean
+    from minispp.transforms import warp_mean
+    return np.ascontiguousarray(warp_mean(mean, size, size)[:, y:y + h, x:x + w])
+
+
+def _head_layers(det):
+    net = det.head(256)
+    out = []
+    for layer in net.layers:
+        out.append(layer)
+        if layer.name == det.feature_layer:
+            break
+    return out
+
+
+def _fc(layers, pooled, batch=256):
+    for a in range(0, len(pooled), batch):
+        h = np.ascontiguousarray(pooled[a:a + batch])
+        for layer in layers:
+            h = layer.forward(h, train=False)
+
+
+def time_rcnn(det, img, boxes, batch=32):
+    """{crop, conv, pool, fc, total} seconds for all windows of one image, the R-CNN way."""
+    model = det.model
+    t = {"crop": 0.0, "conv": 0.0, "pool": 0.0, "fc": 0.0}
+    net = model.instance(batch, (CROP, CROP))
+    trunk, pool = net.layers[:model.trunk_length], net.layers[model.trunk_length]
+    head = _head_layers(det)
+    for a in range(0, len(boxes), batch):
+        t0 = time.perf_counter()
+        x = np.stack([rcnn_crop(img, b, det.mean, det.pixel_scale) for b in boxes[a:a + batch]])
+        t1 = time.perf_counter()
+        for layer in trunk:
+            x = layer.forward(x, train=False)
+        t2 = time.perf_counter()
+        x = pool.forward(x, train=False).reshape(len(x), -1)
+        t3 = time.perf_counter()
+        _fc(head, x)
+        t4 = time.perf_counter()
+        t["crop"] += t1 - t0
+        t["conv"] += t2 - t1
+        t["pool"] += t3 - t2
+        t["fc"] += t4 - t3
+    t["total"] = sum(t.values())
+    return t
+
+
+def time_spp(det, img, boxes, scales):
+    """{conv, pool, fc, total} seconds for one image, the SPP-net way."""
+    t0 = time.perf_counter()
+    maps = conv5_maps(det.model, img, scales, det.mean, det.pixel_scale)
+    t1 = time.perf_counter()
+    pooled = det.pooler(maps, boxes, img.shape[:2])
+    t2 = time.perf_counter()
+    _fc(_head_layers(det), pooled)
+    t3 = time.perf_counter()
+    t = {"conv": t1 - t0, "pool": t2 - t1, "fc": t3 - t2}
+    t["total"] = sum(t.values())
+    return t
+
+
+def warm_up(det, img, boxes):
+    """Compile/load every kernel and allocate once, so the timed runs measure steady state."""
+    time_spp(det, img, boxes[:50], SINGLE_SCALE)
+    time_rcnn(det, img, boxes[:32])
+
+
+def time_table(det, images, progress=print):
+    """images: [(id, uint8 image, boxes)]. Returns ({way: {part: mean seconds}}, markdown)."""
+    warm_up(det, images[0][1], images[0][2])
+    runs = {"SPP 1-scale": [], "SPP 5-scale": [], "R-CNN": []}
+    for image_id, img, boxes in images:
+        runs["SPP 1-scale"].append(time_spp(det, img, boxes, SINGLE_SCALE))
+        runs["SPP 5-scale"].append(time_spp(det, img, boxes, FIVE_SCALES))
+        runs["R-CNN"].append(time_rcnn(det, img, boxes))
+        progress(f"{image_id}: {len(boxes)} windows; R-CNN {runs['R-CNN'][-1]['total']:.1f} s, "
+                 f"SPP 1-scale {runs['SPP 1-scale'][-1]['total']:.2f} s, "
+                 f"5-scale {runs['SPP 5-scale'][-1]['total']:.2f} s")
+    mean = {w: {k: float(np.mean([r.get(k, 0.0) for r in rs])) for k in ("crop", "conv", "pool", "fc", "total")}
+            for w, rs in runs.items()}
+    return mean, markdown(mean, len(images), int(np.mean([len(b) for _, _, b in images])))
+
+
+def markdown(mean, n_images, n_windows):
+    r = mean["R-CNN"]
+    lines = [f"Seconds per image (mean of {n_images} images, {n_windows} windows each on average), "
+             f"same model and windows, this machine's CPU:", "",
+             "| | SPP 1-scale | SPP 5-scale | R-CNN |", "|---|---|---|---|"]
+    for key, label in (("conv", "conv1-5"), ("crop", "crop + warp (R-CNN only)"),
+                       ("pool", "pooling (SPP / pool5)"), ("fc", "fc6, fc7"), ("total", "total")):
+        lines.append(f"| {label} | {mean['SPP 1-scale'][key]:.3f} | {mean['SPP 5-scale'][key]:.3f} | {r[key]:.3f} |")
+    for key, label in (("conv", "speed-up, conv"), ("total", "speed-up, features through fc7")):
+        lines.append(f"| {label} | {r[key] / mean['SPP 1-scale'][key]:.0f}x | "
+                     f"{r[key] / mean['SPP 5-scale'][key]:.0f}x | 1x |")
+    return "\n".join(lines) + "\n"
