@@ -18,8 +18,12 @@ FEAT ?= runs/features
 LAYER ?= fc7
 SCALE ?= 224
 VIEW ?= full
+# detection (make detect-demo): images of each split used, fine-tuning mini-batches
+DET ?= runs/det
+DET_LIMIT ?= 100
+FT_ITERS ?= 600
 
-.PHONY: help install test gradcheck train-zf5 test-zf5 compare-zf5 embedded embedded-voc features-demo features-compare bench bench-conv bench-lrn bench-pool bench-spp \
+.PHONY: help install test gradcheck train-zf5 test-zf5 compare-zf5 embedded embedded-voc features-demo features-compare detect-demo bench bench-conv bench-lrn bench-pool bench-spp \
         bench-window-spp bench-zf5 summary-zf5 geometry clean
 
 help:  ## list every target
@@ -70,6 +74,18 @@ features-demo: .installed $(CKPT) embedded-voc  ## $(LAYER) features of $(VOC) a
 
 features-compare: .installed $(CKPT) embedded-voc  ## crop/warp/full at 224 and full at 392 x pool5/spp/fc6/fc7 -> $(FEAT)/results.md
 	$(PYTHON) -m train features-compare --checkpoint $(CKPT) --voc $(VOC) --out $(FEAT)
+
+detect-demo: .installed $(CKPT) embedded-voc  ## SPP-net detector on $(VOC) with $(CKPT): train, test at 1 and 5 scales, timing vs R-CNN, pictures
+	$(PYTHON) -m train proposals --voc $(VOC) --split test --out $(DET) --limit $(DET_LIMIT)
+	$(PYTHON) -m train detect-train --voc $(VOC) --checkpoint $(CKPT) --out $(DET) \
+	  --limit $(DET_LIMIT) --ft-iters $(FT_ITERS)
+	$(PYTHON) -m train detect-test --voc $(VOC) --split test --model $(DET) --limit $(DET_LIMIT) \
+	  --json $(DET)/test-1scale.json
+	$(PYTHON) -m train detect-test --voc $(VOC) --split test --model $(DET) --limit $(DET_LIMIT) \
+	  --scales 480,576,688,864,1200 --json $(DET)/test-5scale.json
+	$(PYTHON) -m train detect-time --voc $(VOC) --model $(DET) --images 3
+	$(PYTHON) -m train detect $$(ls $(VOC)/VOCdevkit/VOC2007/JPEGImages/*.jpg | tail -n 3) \
+	  --model $(DET) --out $(DET)/pictures
 
 test:  ## the whole test suite, gradient checks included (CPU, a few minutes)
 	$(PYTEST) -q

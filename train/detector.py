@@ -504,12 +504,14 @@ def evaluate_detector(det, voc, split="test", workdir=None, scales=None, scorer=
             gt[c][ds.ids[i]] = (boxes[cls == c], diff[cls == c])
         p = props.get(ds.ids[i], load)
         t0 = time.perf_counter()
+        scored = []                       # per model: (scores, regressed boxes, plain boxes)
+        for d, conv in zip((det,) + tuple(others), convs):
+            maps, hw = conv.get(ds.ids[i], load)
+            scores, b = score_windows(d, maps, hw, p, scorer, bbox=True)
+            scored.append((d, scores, b, np.repeat(np.asarray(p, np.float64)[:, None], K, axis=1)))
         for use_bbox in (True, False):
-            per_model = []
-            for d, conv in zip((det,) + tuple(others), convs):
-                maps, hw = conv.get(ds.ids[i], load)
-                scores, b = score_windows(d, maps, hw, p, scorer, use_bbox)
-                per_model.append(detections_from_scores(scores, b, d.config["nms"], d.config["max_per_image"]))
+            per_model = [detections_from_scores(sc, rb if use_bbox else pb, d.config["nms"],
+                                                d.config["max_per_image"]) for d, sc, rb, pb in scored]
             dets = per_model[0] if len(per_model) == 1 else combine(per_model, det.config["nms"],
                                                                      det.config["max_per_image"])
             for c, (bb, ss) in dets.items():
