@@ -33,15 +33,28 @@ def run_comparison(data, out, seeds=(0, 1), epochs=12, batch=16, lr=0.01, worker
             resume = os.path.exists(os.path.join(run_dir, "checkpoint.h5"))
             Trainer(data, run_dir, net=net, spp=spp, mode=mode, epochs=epochs, batch=batch,
                     lr=lr, seed=seed, workers=workers, resume=resume, progress=progress).run()
+            done = os.path.join(run_dir, "views.json")
+            stamp = os.path.getmtime(os.path.join(run_dir, BEST))
+            if os.path.exists(done):                   # this best.h5 evaluated before: reuse
+                with open(done) as f:
+                    saved = json.load(f)
+                if saved["best_mtime"] == stamp:
+                    results.extend(saved["results"])
+                    continue
             model = nets.load(os.path.join(run_dir, BEST))
             if val is None:
                 val = ImageFolder(os.path.join(data, "val"), classes=model.meta["config"]["classes"])
             mean, scale = normalization(model.extras, model.meta["config"]["mean"])
+            mine = []
             for view in ("center", "10view") + (("full",) if spp is not None else ()):
                 r = evaluate(model, val, view, mean, batch=batch, workers=workers,
                              progress=progress, scale=scale)
-                results.append({"variant": label, "seed": seed, "view": view,
-                                "top1": r["top1"], "top5": r["top5"]})
+                mine.append({"variant": label, "seed": seed, "view": view,
+                             "top1": r["top1"], "top5": r["top5"]})
+            with open(done + ".tmp", "w") as f:
+                json.dump({"best_mtime": stamp, "results": mine}, f, indent=1)
+            os.replace(done + ".tmp", done)
+            results.extend(mine)
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
     table = markdown_table(results, seeds, epochs, f"{net}, SPP {','.join(map(str, levels))}")

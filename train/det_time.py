@@ -138,7 +138,12 @@ def markdown(mean, n_images, n_windows):
     for key, label in (("conv", "conv1-5"), ("crop", "crop + warp (R-CNN only)"),
                        ("pool", "pooling (SPP / pool5)"), ("fc", "fc6, fc7"), ("total", "total")):
         lines.append(f"| {label} | {mean['SPP 1-scale'][key]:.3f} | {mean['SPP 5-scale'][key]:.3f} | {r[key]:.3f} |")
-    for key, label in (("conv", "speed-up, conv"), ("total", "speed-up, features through fc7")):
-        lines.append(f"| {label} | {r[key] / mean['SPP 1-scale'][key]:.0f}x | "
-                     f"{r[key] / mean['SPP 5-scale'][key]:.0f}x | 1x |")
+    def through_pool5(m):
+        return m["crop"] + m["conv"] + m["pool"]
+    rows = (("speed-up, conv", lambda m: m["conv"]),
+            ("speed-up, features through pool5", through_pool5),
+            ("speed-up, features through fc7", lambda m: m["total"]))
+    for label, part in rows:
+        lines.append(f"| {label} | {part(r) / part(mean['SPP 1-scale']):.0f}x | "
+                     f"{part(r) / part(mean['SPP 5-scale']):.0f}x | 1x |")
     return "\n".join(lines) + "\n"
