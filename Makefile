@@ -24,7 +24,7 @@ DET_LIMIT ?= 100
 FT_ITERS ?= 600
 
 .PHONY: help install test gradcheck train-zf5 test-zf5 compare-zf5 embedded embedded-voc features-demo features-compare detect-demo bench bench-conv bench-lrn bench-pool bench-spp \
-        bench-window-spp bench-zf5 summary-zf5 geometry clean
+        bench-window-spp bench-zf5 bench-features summary-zf5 geometry clean
 
 help:  ## list every target
 	@echo "minispp targets (variables: PYTHON=$(PYTHON), BENCH_REPEAT=$(BENCH_REPEAT)):"
@@ -112,6 +112,9 @@ bench-window-spp:  ## WindowSPP of 2,000 windows on a 1x256x43x57 map, forward
 
 bench-zf5:  ## ZF-5 SPP forward and forward+backward, batch 32, 224 and 180, with a per-layer split
 	$(PYTHON) benchmarks/bench_nets.py --repeat 3
+
+bench-features:  ## ZF-5 full-image features at s=224 and 392 vs PyTorch, the whole features path, the SVM stage
+	$(PYTHON) benchmarks/bench_features.py --images 24 --repeat 3
 
 summary-zf5:  ## print ZF-5's layers, shapes, parameters and MACs at 224 (python -m nets --help for more)
 	$(PYTHON) -m nets zf5 --spp 6,3,2,1 --size 224
