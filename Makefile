@@ -93,7 +93,7 @@ test:  ## the whole test suite, gradient checks included (CPU, a few minutes)
 gradcheck:  ## only the float64 central-difference gradient checks, with the error table
 	$(PYTEST) -q -m gradcheck
 
-bench: bench-conv bench-lrn bench-pool bench-spp bench-window-spp bench-zf5  ## every benchmark vs PyTorch CPU
+bench: bench-conv bench-lrn bench-pool bench-spp bench-window-spp bench-zf5 bench-features  ## every benchmark vs PyTorch CPU
 
 bench-conv:  ## ZF-5 conv2 (32x96x55x55, 256 5x5/2 pad 1) forward and forward+backward
 	$(PYTHON) benchmarks/bench_layers.py conv --repeat $(BENCH_REPEAT)
