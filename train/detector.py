@@ -237,7 +237,8 @@ def prepare_images(ds, workdir, det, progress=True, limit=None, precomputed=None
         load = (lambda i=i: ds.load(i)[0])
         p = props.get(ds.ids[i], load)
         images.append(image_windows(ds, i, p, len(det.classes)))
-        conv.get(ds.ids[i], load)
+        if not conv.has(ds.ids[i]):
+            conv.get(ds.ids[i], load)
     return images, conv
 
 
