@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import nets
+from conftest import save_small
 from minispp.embedded import make_voc
 from minispp.feature_cache import CacheMismatch
 from minispp.voc import VOCDataset
@@ -22,13 +23,6 @@ from train.det_time import rcnn_crop
 from train.detector import ImageWindows, load_detector, score_windows, svm_negatives
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def save_small(path, seed=0):
-    m = nets.build("small", num_classes=10, spp=(3, 2, 1), rng=np.random.default_rng(seed))
-    m.save(path, meta={"config": {"mean": "image"}},
-           extras={"mean_image": np.full((3, 32, 32), 110, np.float32), "pixel_std": np.array(60.0)})
-    return str(path)
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import time
 import numpy as np
 from PIL import Image
 
-from minispp.transforms import to_input
+from minispp.transforms import to_input, warp_mean
 
 from .det_features import FIVE_SCALES, SINGLE_SCALE, conv5_maps
 
@@ -23,7 +23,8 @@ CROP, CONTEXT = 224, 16
 
 
 def rcnn_crop(img, box, mean, pixel_scale, size=CROP, context=CONTEXT):
-    """One window the R-CNN way: (3, size, size) float32 input."""
+    """One window the R-CNN way: (3, size, size) float32 input. mean: a scalar, or the mean
+    image (warped here to size x size unless it already is)."""
     H, W = img.shape[:2]
     x1, y1, x2, y2 = (float(v) for v in box)
     cx, cy = (x1 + x2 + 1) / 2, (y1 + y2 + 1) / 2
@@ -47,8 +48,14 @@ def rcnn_crop(img, box, mean, pixel_scale, size=CROP, context=CONTEXT):
 def _mean_patch(mean, size, y, x, h, w):
     if np.ndim(mean) == 0:
         return mean
-    from minispp.transforms import warp_mean
-    return np.ascontiguousarray(warp_mean(mean, size, size)[:, y:y + h, x:x + w])
+    return np.ascontiguousarray(warped_mean(mean, size)[:, y:y + h, x:x + w])
+
+
+def warped_mean(mean, size=CROP):
+    """The mean image at size x size (itself if it already is, or a scalar)."""
+    if np.ndim(mean) == 0 or mean.shape[1:] == (size, size):
+        return mean
+    return warp_mean(mean, size, size)
 
 
 def _head_layers(det):
@@ -75,9 +82,10 @@ def time_rcnn(det, img, boxes, batch=32):
     net = model.instance(batch, (CROP, CROP))
     trunk, pool = net.layers[:model.trunk_length], net.layers[model.trunk_length]
     pooled = []
+    mean = warped_mean(det.mean)                    # once, not once per window
     for a in range(0, len(boxes), batch):
         t0 = time.perf_counter()
-        x = np.stack([rcnn_crop(img, b, det.mean, det.pixel_scale) for b in boxes[a:a + batch]])
+        x = np.stack([rcnn_crop(img, b, mean, det.pixel_scale) for b in boxes[a:a + batch]])
         t1 = time.perf_counter()
         for layer in trunk:
             x = layer.forward(x, train=False)

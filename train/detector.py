@@ -159,9 +159,11 @@ class Detector:
         return feats.astype(np.float32) * np.float32(self.svm_scale)
 
     # -- saving ---------------------------------------------------------------------------------
+    def config_json(self):
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.config.items()}
+
     def save(self, path, extra_meta=None):
-        meta = {"classes": self.classes, "config": {k: (list(v) if isinstance(v, tuple) else v)
-                                                    for k, v in self.config.items()},
+        meta = {"classes": self.classes, "config": self.config_json(),
                 "svm_scale": self.svm_scale, "bbox_scale": self.bbox_scale,
                 "base_checkpoint": self.model.checksum, "definition": self.model.definition,
                 "definition_args": self.model._args_json(), **(extra_meta or {})}
@@ -433,7 +435,7 @@ def train_detector(voc, checkpoint, out, split="trainval", limit=None, progress=
                                                 "train_images": len(images)})
     with open(os.path.join(out, "train_log.json"), "w") as fh:
         json.dump({"log": lines, "seconds": times,
-                   "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in det.config.items()}},
+                   "config": det.config_json()},
                   fh, indent=1)
     return det
 
