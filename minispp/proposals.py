@@ -89,20 +89,59 @@ class ProposalCache:
             if image_id not in self.precomputed:
                 raise ValueError(f"the precomputed proposals have no image {image_id!r}")
             return self.precomputed[image_id]
+        boxes = self._stored(image_id)
+        if boxes is None:
+            from .selective_search import selective_search
+            boxes = selective_search(load_image(), seed=self.seed, top=self.top)
+            self._store(image_id, boxes)
+        return boxes
+
+    def _stored(self, image_id):
         p = self.path(image_id)
         if os.path.exists(p):
             with h5py.File(p, "r") as f:
                 if (f.attrs.get("seed"), f.attrs.get("top")) == (self.seed, self.top):
                     return f["boxes"][...]
-        from .selective_search import selective_search
-        boxes = selective_search(load_image(), seed=self.seed, top=self.top)
+        return None
 
+    def _store(self, image_id, boxes):
         def write(f):
             f["boxes"] = boxes
             f.attrs["method"] = "selective search (fast)"
             f.attrs["seed"], f.attrs["top"] = self.seed, self.top
-        atomic_h5(p, write)
-        return boxes
+        atomic_h5(self.path(image_id), write)
+
+    def fill(self, image_ids, image_paths, jobs=None, progress=None):
+        """Compute the missing proposals of many images in `jobs` processes (default: every
+        core; selective search runs on one). Each image is stored as soon as it is done, so a
+        killed run keeps what it finished. progress(n) is called after each stored image."""
+        if self.precomputed is not None:
+            return
+        todo = [(i, p) for i, p in zip(image_ids, image_paths) if self._stored(i) is None]
+        jobs = max(1, min(jobs or os.cpu_count() or 1, len(todo)))
+        if jobs <= 1:
+            from .imagefolder import load_rgb
+            for image_id, path in todo:
+                self.get(image_id, lambda path=path: load_rgb(path))
+                if progress:
+                    progress(1)
+            return
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {pool.submit(_search_file, path, self.seed, self.top): image_id
+                       for image_id, path in todo}
+            for fut in as_completed(futures):
+                self._store(futures[fut], fut.result())
+                if progress:
+                    progress(1)
+
+
+def _search_file(path, seed, top):
+    """Selective search on one image file (a worker process's task)."""
+    from .imagefolder import load_rgb
+    from .selective_search import selective_search
+    return selective_search(load_rgb(path), seed=seed, top=top)
 
 
 def recall(proposals, ground_truth, thresholds=(0.5, 0.7)):

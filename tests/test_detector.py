@@ -144,6 +144,33 @@ def test_pooler_uses_the_map_of_each_windows_scale(ckpt):
     np.testing.assert_array_equal(got, layer.forward(maps[128], boxes * 1.28, train=False))
 
 
+def test_windows_on_the_same_cells_are_pooled_once(ckpt):
+    from layers import WindowSPP
+    model = nets.load(ckpt)
+    pool = WindowPooler(model, model.spp)
+    S, offset, _ = model.feature_geometry()
+    rng = np.random.default_rng(1)
+    maps = {64: rng.random((1, 5, 16, 20), dtype=np.float32),
+            128: rng.random((1, 5, 32, 40), dtype=np.float32)}
+    hw = (100, 125)
+    # shifted by a pixel at 128 (factor 1.28): the same cells, unless a corner crosses a
+    # cell boundary; the big boxes go to 64 (factor 0.64)
+    boxes = np.array([[10, 10, 59, 59], [10.5, 10, 59, 59.5], [10, 10, 59, 59],
+                      [0, 0, 124, 99], [1, 0, 124, 99], [40, 30, 90, 80]], float)
+    pooled, inverse = pool.unique(maps, boxes, hw)
+    # the reference: every window pooled on its own
+    want = []
+    for b, k in zip(boxes, choose_scales(boxes, hw, (64, 128))):
+        s = (64, 128)[k]
+        layer = WindowSPP(model.spp, feature_stride=S, offset=offset)
+        layer.setup(maps[s].shape)
+        want.append(layer.forward(maps[s], b[None] * s / 100, train=False)[0])
+    np.testing.assert_array_equal(pooled[inverse], np.stack(want))
+    np.testing.assert_array_equal(pool(maps, boxes, hw), np.stack(want))
+    assert inverse[0] == inverse[1] == inverse[2] and inverse[3] == inverse[4]
+    assert len(pooled) == len(set(inverse.tolist())) == 3
+
+
 def test_detector_commands_end_to_end(ckpt, voc, tmp_path, capsys):
     out = str(tmp_path / "det")
     assert main(["detect-train", "--voc", str(voc), "--checkpoint", ckpt, "--out", out,

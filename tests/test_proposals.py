@@ -104,3 +104,18 @@ def test_proposal_cache_computes_once(tmp_path, monkeypatch):
     assert calls == [5] and np.array_equal(a, b)
     ProposalCache(tmp_path / "props", seed=6).get("000001", lambda: img)    # other seed: redone
     assert calls == [5, 6]
+
+
+def test_fill_in_worker_processes_stores_what_one_process_computes(scenes, tmp_path):
+    ids = scenes.ids[:2]
+    paths = [scenes.image_path(i) for i in range(2)]
+    cache = ProposalCache(tmp_path / "props", seed=2, top=500)
+    done = []
+    cache.fill(ids, paths, jobs=2, progress=done.append)
+    assert done == [1, 1]
+    for i, image_id in enumerate(ids):
+        want = ss.selective_search(scenes.load(i)[0], seed=2, top=500)
+        got = cache.get(image_id, lambda: pytest.fail("fill left an image to compute"))
+        np.testing.assert_array_equal(got, want)
+    cache.fill(ids, paths, jobs=2, progress=done.append)     # nothing missing: nothing runs
+    assert done == [1, 1]

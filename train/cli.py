@@ -184,6 +184,7 @@ def parse_args(argv):
     pr.add_argument("--top", type=int, default=2000)
     pr.add_argument("--seed", type=int, default=0)
     pr.add_argument("--limit", type=int, help="only the first N images")
+    pr.add_argument("--jobs", type=int, help="processes for selective search (default: every core)")
     pr.add_argument("--file", help="precomputed proposals (.mat/.npz/.npy/.h5) instead of selective search")
 
     dt = sub.add_parser("detect-train", help="train the SPP-net detector on a VOC devkit",
@@ -380,8 +381,10 @@ def cmd_proposals(a):
     ds = VOCDataset(a.voc, a.split)
     cache = ProposalCache(os.path.join(a.out, "proposals"), seed=a.seed, top=a.top, precomputed=a.file)
     n = len(ds) if a.limit is None else min(a.limit, len(ds))
+    with tqdm(total=n, desc="proposals", unit="img") as bar:
+        cache.fill(ds.ids[:n], [ds.image_path(i) for i in range(n)], a.jobs, bar.update)
     props, gts = [], []
-    for i in tqdm(range(n), desc="proposals", unit="img"):
+    for i in range(n):
         props.append(cache.get(ds.ids[i], lambda i=i: ds.load(i)[0]))
         boxes, _, diff = ds.object_boxes(i)
         gts.append(boxes[~diff])

@@ -69,10 +69,14 @@ def _head_layers(det):
 
 
 def _fc(layers, pooled, batch=256):
+    """fc6, fc7 (and their ReLUs) on (R, D) pooled rows, in batches: (R, 4096) fc7."""
+    out = []
     for a in range(0, len(pooled), batch):
         h = np.ascontiguousarray(pooled[a:a + batch])
         for layer in layers:
             h = layer.forward(h, train=False)
+        out.append(h.copy())
+    return np.concatenate(out)
 
 
 def time_rcnn(det, img, boxes, batch=32):
@@ -102,17 +106,25 @@ def time_rcnn(det, img, boxes, batch=32):
     return t
 
 
-def time_spp(det, img, boxes, scales):
-    """{conv, pool, fc, total} seconds for one image, the SPP-net way."""
+def time_spp(det, img, boxes, scales, distinct=True):
+    """{conv, pool, fc, total, windows_fc} seconds for one image, the SPP-net way. distinct:
+    pool and run fc6/fc7 once per distinct projected window (WindowPooler.unique) and copy the
+    rows back to every window; False runs every window."""
     t0 = time.perf_counter()
     maps = conv5_maps(det.model, img, scales, det.mean, det.pixel_scale)
     t1 = time.perf_counter()
-    pooled = det.pooler(maps, boxes, img.shape[:2])
+    if distinct:
+        pooled, inverse = det.pooler.unique(maps, boxes, img.shape[:2])
+    else:
+        pooled = det.pooler(maps, boxes, img.shape[:2])
     t2 = time.perf_counter()
-    _fc(_head_layers(det), pooled)
+    h = _fc(_head_layers(det), pooled)
+    if distinct:
+        h = h[inverse]
     t3 = time.perf_counter()
     t = {"conv": t1 - t0, "pool": t2 - t1, "fc": t3 - t2}
     t["total"] = sum(t.values())
+    t["windows_fc"] = len(pooled)
     return t
 
 
@@ -122,36 +134,47 @@ def warm_up(det, img, boxes):
     time_rcnn(det, img, boxes[:32])
 
 
+WAYS = ("SPP 1-scale", "SPP 1-scale, every window", "SPP 5-scale", "R-CNN")
+PARTS = ("crop", "conv", "pool", "fc", "total", "windows_fc")
+
+
 def time_table(det, images, progress=print):
-    """images: [(id, uint8 image, boxes)]. Returns ({way: {part: mean seconds}}, markdown)."""
+    """images: [(id, uint8 image, boxes)]. Returns ({way: {part: mean seconds}}, markdown).
+    Ways: SPP-net at 1 scale (fc once per distinct projected window, as the detector runs),
+    the same with fc on every window, SPP-net at 5 scales, and the R-CNN way."""
     warm_up(det, images[0][1], images[0][2])
-    runs = {"SPP 1-scale": [], "SPP 5-scale": [], "R-CNN": []}
+    runs = {w: [] for w in WAYS}
     for image_id, img, boxes in images:
         runs["SPP 1-scale"].append(time_spp(det, img, boxes, SINGLE_SCALE))
+        runs["SPP 1-scale, every window"].append(time_spp(det, img, boxes, SINGLE_SCALE, distinct=False))
         runs["SPP 5-scale"].append(time_spp(det, img, boxes, FIVE_SCALES))
         runs["R-CNN"].append(time_rcnn(det, img, boxes))
+        runs["R-CNN"][-1]["windows_fc"] = len(boxes)
         progress(f"{image_id}: {len(boxes)} windows; R-CNN {runs['R-CNN'][-1]['total']:.1f} s, "
-                 f"SPP 1-scale {runs['SPP 1-scale'][-1]['total']:.2f} s, "
+                 f"SPP 1-scale {runs['SPP 1-scale'][-1]['total']:.2f} s "
+                 f"({runs['SPP 1-scale, every window'][-1]['total']:.2f} s with fc on every window), "
                  f"5-scale {runs['SPP 5-scale'][-1]['total']:.2f} s")
-    mean = {w: {k: float(np.mean([r.get(k, 0.0) for r in rs])) for k in ("crop", "conv", "pool", "fc", "total")}
+    mean = {w: {k: float(np.mean([r.get(k, 0.0) for r in rs])) for k in PARTS}
             for w, rs in runs.items()}
     return mean, markdown(mean, len(images), int(np.mean([len(b) for _, _, b in images])))
 
 
 def markdown(mean, n_images, n_windows):
     r = mean["R-CNN"]
+    ways = [w for w in WAYS if w in mean]
     lines = [f"Seconds per image (mean of {n_images} images, {n_windows} windows each on average), "
              f"same model and windows, this machine's CPU:", "",
-             "| | SPP 1-scale | SPP 5-scale | R-CNN |", "|---|---|---|---|"]
+             "| | " + " | ".join(ways) + " |", "|---" * (len(ways) + 1) + "|"]
     for key, label in (("conv", "conv1-5"), ("crop", "crop + warp (R-CNN only)"),
                        ("pool", "pooling (SPP / pool5)"), ("fc", "fc6, fc7"), ("total", "total")):
-        lines.append(f"| {label} | {mean['SPP 1-scale'][key]:.3f} | {mean['SPP 5-scale'][key]:.3f} | {r[key]:.3f} |")
+        lines.append(f"| {label} | " + " | ".join(f"{mean[w][key]:.3f}" for w in ways) + " |")
+    lines.append("| windows through fc6, fc7 | " + " | ".join(f"{mean[w]['windows_fc']:.0f}" for w in ways) + " |")
+
     def through_pool5(m):
         return m["crop"] + m["conv"] + m["pool"]
     rows = (("speed-up, conv", lambda m: m["conv"]),
             ("speed-up, features through pool5", through_pool5),
             ("speed-up, features through fc7", lambda m: m["total"]))
     for label, part in rows:
-        lines.append(f"| {label} | {part(r) / part(mean['SPP 1-scale']):.0f}x | "
-                     f"{part(r) / part(mean['SPP 5-scale']):.0f}x | 1x |")
+        lines.append(f"| {label} | " + " | ".join(f"{part(r) / part(mean[w]):.0f}x" for w in ways) + " |")
     return "\n".join(lines) + "\n"

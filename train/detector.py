@@ -234,8 +234,10 @@ def prepare_images(ds, workdir, det, progress=True, limit=None, precomputed=None
     conv = ConvCache(os.path.join(workdir, f"conv5-{'-'.join(map(str, scales))}"), det.model,
                      scales, det.mean, det.pixel_scale)
     n = len(ds) if limit is None else min(limit, len(ds))
+    with tqdm(total=n, desc=f"proposals ({ds.split})", unit="img", disable=not progress) as bar:
+        props.fill(ds.ids[:n], [ds.image_path(i) for i in range(n)], progress=bar.update)
     images = []
-    for i in tqdm(range(n), desc=f"proposals + conv5 ({ds.split})", unit="img", disable=not progress):
+    for i in tqdm(range(n), desc=f"conv5 ({ds.split})", unit="img", disable=not progress):
         load = (lambda i=i: ds.load(i)[0])
         p = props.get(ds.ids[i], load)
         images.append(image_windows(ds, i, p, len(det.classes)))
@@ -329,9 +331,9 @@ def train_svms(det, images, conv, log=print, progress=True):
     for im in tqdm(images, desc=f"{cfg['svm_feature']} features for the SVMs", unit="img",
                    disable=not progress):
         maps, hw = conv.get(im.id, lambda: None)
-        pooled = det.pooler(maps, im.windows, hw)
+        pooled, inverse = det.pooler.unique(maps, im.windows, hw)
         f = det.fc7(pooled) if cfg["svm_feature"] == "fc7" else pooled
-        feats.append(f.astype(np.float16))
+        feats.append(f.astype(np.float16)[inverse])
     norms = [np.linalg.norm(f.astype(np.float32), axis=1).mean() for f in feats if len(f)]
     det.svm_scale = float(cfg["feature_norm"] / max(np.mean(norms), 1e-6))
     D = feats[0].shape[1]
@@ -443,18 +445,20 @@ def train_detector(voc, checkpoint, out, split="trainval", limit=None, progress=
 # ---- testing ---------------------------------------------------------------------------------------
 
 def score_windows(det, maps, hw, boxes, scorer="svm", bbox=True):
-    """(scores (R, K), boxes (R, K, 4)) for proposals of one image."""
-    pooled = det.pooler(maps, boxes, hw)
+    """(scores (R, K), boxes (R, K, 4)) for proposals of one image. Windows that project onto
+    the same conv5 cells share their features, so the fc layers run once per distinct one."""
+    pooled, inverse = det.pooler.unique(maps, boxes, hw)
     if scorer == "svm":
         scores = det.svm_features(pooled) @ det.svm_w.T + det.svm_b
     else:
         scores = det.softmax_scores(pooled)[:, 1:]
+    scores = scores[inverse]
     K = len(det.classes)
     out = np.repeat(np.asarray(boxes, np.float64)[:, None, :], K, axis=1)
     if bbox and det.bbox_w is not None:
         px = pooled.astype(np.float32) * np.float32(det.bbox_scale)
         for c in range(K):
-            d = px @ det.bbox_w[c].T + det.bbox_b[c]
+            d = (px @ det.bbox_w[c].T + det.bbox_b[c])[inverse]
             out[:, c] = clip(apply_regression(boxes, d), hw[0], hw[1])
     return scores, out
 
@@ -495,6 +499,8 @@ def evaluate_detector(det, voc, split="test", workdir=None, scales=None, scorer=
     convs = [ConvCache(os.path.join(workdir, f"conv5-{'-'.join(map(str, scales))}" + ("" if k == 0 else f"-m{k}")),
                        d.model, scales, d.mean, d.pixel_scale) for k, d in enumerate((det,) + tuple(others))]
     n = len(ds) if limit is None else min(limit, len(ds))
+    with tqdm(total=n, desc=f"proposals ({split})", unit="img", disable=not progress) as bar:
+        props.fill(ds.ids[:n], [ds.image_path(i) for i in range(n)], progress=bar.update)
     K = len(det.classes)
     found = {True: [[] for _ in range(K)], False: [[] for _ in range(K)]}
     gt = [{} for _ in range(K)]
