@@ -20,7 +20,7 @@ from minispp.voc import VOCDataset
 from train.cli import main
 from train.det_features import ConvCache, WindowPooler, choose_scales
 from train.det_time import rcnn_crop
-from train.detector import ImageWindows, load_detector, score_windows, svm_negatives
+from train.detector import ImageWindows, combine, load_detector, score_windows, svm_negatives
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -61,6 +61,19 @@ def test_svm_negatives_follow_the_iou_rules():
     # class 1 has no box: every proposal is a negative, minus the 0.7 neighbours
     # (the last, IoU 5000/8000 = 0.625 with the first, stays)
     assert svm_negatives(im, 1).tolist() == [1, 2, 4, 5]
+
+
+def test_model_combination_is_nms_over_the_union():
+    a = {0: (np.array([[0, 0, 99, 99], [200, 200, 299, 299]], float), np.array([0.9, 0.4])),
+         1: (np.zeros((0, 4)), np.zeros(0))}
+    b = {0: (np.array([[2, 2, 101, 101], [400, 0, 449, 49]], float), np.array([0.95, 0.1])),
+         1: (np.array([[10, 10, 50, 50]], float), np.array([0.3]))}
+    got = combine([a, b], nms_thresh=0.3)
+    # class 0: b's box (0.95) suppresses a's nearly identical one (0.9); the other two stay
+    np.testing.assert_array_equal(got[0][0], [[2, 2, 101, 101], [200, 200, 299, 299], [400, 0, 449, 49]])
+    np.testing.assert_array_equal(got[0][1], [0.95, 0.4, 0.1])
+    np.testing.assert_array_equal(got[1][0], [[10, 10, 50, 50]])
+    assert len(combine([a, b], max_per_image=2)[0][1]) == 2
 
 
 def test_rcnn_crop_keeps_16_pixels_of_context():
@@ -174,16 +187,31 @@ def test_windows_on_the_same_cells_are_pooled_once(ckpt):
 def test_detector_commands_end_to_end(ckpt, voc, tmp_path, capsys):
     out = str(tmp_path / "det")
     assert main(["detect-train", "--voc", str(voc), "--checkpoint", ckpt, "--out", out,
-                 "--scales", "96", "--proposals", "200", "--ft-iters", "15", "--quiet"]) == 0
+                 "--scales", "96", "--svm-scales", "96;96,400", "--proposals", "200",
+                 "--ft-iters", "15", "--quiet"]) == 0
     log = json.load(open(os.path.join(out, "train_log.json")))
     assert any("hard negatives" in line for line in log["log"])
+    # one conv5 folder per scale, shared by the scale sets
+    assert sorted(d for d in os.listdir(out) if d.startswith("conv5")) == ["conv5-400", "conv5-96"]
     assert main(["detect-test", "--voc", str(voc), "--model", out, "--json",
                  str(tmp_path / "r.json"), "--quiet"]) == 0
     r = json.load(open(tmp_path / "r.json"))
-    assert r["images"] == 3 and set(r) >= {"bbox", "no_bbox"}
+    assert r["images"] == 3 and set(r) >= {"bbox", "no_bbox"} and r["svms_trained_at"] == ["96"]
     assert all(0 <= ap <= 1 for ap in r["bbox"]["per_class"].values())
-    # the saved detector scores windows exactly as before saving
+    assert main(["detect-test", "--voc", str(voc), "--model", out, "--scales", "96,400", "--json",
+                 str(tmp_path / "r2.json"), "--quiet"]) == 0
+    assert json.load(open(tmp_path / "r2.json"))["svms_trained_at"] == ["96,400"]
+    capsys.readouterr()
+    assert main(["detect-test", "--voc", str(voc), "--model", out, "--scales", "400", "--json",
+                 str(tmp_path / "r3.json"), "--quiet"]) == 0
+    assert "not 400: using those of 96" in capsys.readouterr().out
+    assert json.load(open(tmp_path / "r3.json"))["svms_trained_at"] == ["96"]
+    # each scale set has its own SVMs and regressors, all saved
     det = load_detector(out)
+    assert set(det.scorers) == {"96", "96,400"}
+    assert not np.array_equal(det.scorers["96"]["bbox_w"], det.scorers["96,400"]["bbox_w"])
+    assert not np.array_equal(det.scorers["96"]["svm_b"], det.scorers["96,400"]["svm_b"])
+    # the saved detector scores windows exactly as before saving
     ds = VOCDataset(voc, "test")
     conv = ConvCache(os.path.join(out, "conv5-96"), det.model, (96,), det.mean, det.pixel_scale)
     maps, hw = conv.get(ds.ids[0], lambda: ds.load(0)[0])
@@ -192,6 +220,13 @@ def test_detector_commands_end_to_end(ckpt, voc, tmp_path, capsys):
     s2, b2 = score_windows(load_detector(out), maps, hw, boxes)
     np.testing.assert_array_equal(s1, s2)
     np.testing.assert_array_equal(b1, b2)
+    # the chance baseline: reproducible for the same windows, different for others
+    r1, _ = score_windows(det, maps, hw, boxes, scorer="random")
+    r2, _ = score_windows(det, maps, hw, boxes, scorer="random")
+    r3, _ = score_windows(det, maps, hw, boxes + 1, scorer="random")
+    assert r1.shape == s1.shape and np.array_equal(r1, r2) and not np.array_equal(r1, r3)
+    with pytest.raises(ValueError, match="scorer"):
+        score_windows(det, maps, hw, boxes, scorer="vote")
     pics = str(tmp_path / "pics")
     img = os.path.join(str(voc), "JPEGImages", f"{ds.ids[0]}.jpg")
     assert main(["detect", img, "--model", out, "--out", pics, "--threshold", "-100"]) == 0

@@ -193,7 +193,10 @@ def parse_args(argv):
     dt.add_argument("--checkpoint", required=True, help="a classification checkpoint with SPP")
     dt.add_argument("--out", required=True)
     dt.add_argument("--split", default="trainval")
-    dt.add_argument("--scales", default="688", help="688, or 480,576,688,864,1200")
+    dt.add_argument("--scales", default="688", help="fine-tuning scales: 688, or 480,576,688,864,1200")
+    dt.add_argument("--svm-scales", default="688;480,576,688,864,1200",
+                    help="the test scale sets to train SVMs and box regressors for, ';' between sets "
+                         "(detect-test --scales picks the matching ones)")
     dt.add_argument("--proposals", type=int, default=2000, help="selective search boxes per image")
     dt.add_argument("--proposals-file", help="precomputed proposals instead of selective search")
     dt.add_argument("--ft-iters", type=int, default=600, help="fine-tuning mini-batches (paper: 300k)")
@@ -214,7 +217,8 @@ def parse_args(argv):
     de.add_argument("--model", required=True, help="DETDIR of detect-train")
     de.add_argument("--json", help="write the result here")
     de.add_argument("--scales", help="test scales (default: the training ones)")
-    de.add_argument("--scorer", default="svm", choices=["svm", "softmax"])
+    de.add_argument("--scorer", default="svm", choices=["svm", "softmax", "random"],
+                    help="window scores: the SVMs, fc8's softmax, or random (the chance baseline)")
     de.add_argument("--combine", help="a second DETDIR: model combination")
     de.add_argument("--limit", type=int, help="only the first N test images")
     de.add_argument("--quiet", action="store_true")
@@ -399,6 +403,7 @@ def cmd_detect_train(a):
     from .detector import train_detector
     train_detector(a.voc, a.checkpoint, a.out, split=a.split, limit=a.limit, progress=not a.quiet,
                    precomputed=a.proposals_file, scales=tuple(_ints(a.scales, "--scales")),
+                   svm_scales=tuple(tuple(_ints(v, "--svm-scales")) for v in a.svm_scales.split(";") if v.strip()),
                    proposals=a.proposals, ft_iters=a.ft_iters, ft_lr=a.ft_lr,
                    ft_drop_at=a.ft_drop_at, ft_batch=a.ft_batch, svm_feature=a.svm_feature,
                    svm_C=a.svm_C, hard_rounds=a.hard_rounds, seed=a.seed)
@@ -434,6 +439,7 @@ def cmd_detect(a):
     from .detector import detections_from_scores, load_detector, score_windows
     det = load_detector(a.model)
     scales = tuple(_ints(a.scales, "--scales")) if a.scales else tuple(det.config["scales"])
+    det.use_scales(scales)
     os.makedirs(a.out, exist_ok=True)
     S, offset, receptive = det.model.feature_geometry()
     for path in a.images:

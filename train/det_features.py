@@ -155,3 +155,40 @@ class ConvCache:
         atomic_h5(p, write)
         # what later reads will see: the stored float16 values
         return {s: m.astype(np.float16).astype(np.float32) for s, m in maps.items()}, img.shape[:2]
+
+
+class ScaleCaches:
+    """The conv5 maps of several scales, one ConvCache folder per scale (folder_of(s)), so a
+    1-scale and a 5-scale run share the maps at 688. get() decodes the image at most once."""
+
+    def __init__(self, folder_of, model, scales, mean, pixel_scale):
+        self.scales = tuple(int(s) for s in scales)
+        self.caches = [ConvCache(folder_of(s), model, (s,), mean, pixel_scale) for s in self.scales]
+
+    def has(self, image_id):
+        return all(c.has(image_id) for c in self.caches)
+
+    def get(self, image_id, load_image):
+        """({s: (1, C, h, w) float32}, (H, W) of the original image)."""
+        img = []
+
+        def load_once():
+            if not img:
+                img.append(load_image())
+            return img[0]
+        maps, hw = {}, None
+        for c in self.caches:
+            m, hw = c.get(image_id, load_once)
+            maps.update(m)
+        return maps, hw
+
+
+def scale_caches(workdir, model, scales, mean, pixel_scale, suffix=""):
+    """ScaleCaches under workdir/conv5-<s><suffix>/ for each scale s."""
+    return ScaleCaches(lambda s: os.path.join(workdir, f"conv5-{s}{suffix}"), model, scales,
+                       mean, pixel_scale)
+
+
+def scales_key(scales):
+    """'480,576,688,864,1200': how a set of scales is named in files and on the command line."""
+    return ",".join(str(int(s)) for s in scales)

@@ -39,13 +39,14 @@ from minispp.solver import SGD
 from minispp.voc import VOCDataset
 from nets.specs import fc, make_layer
 
-from .det_features import SINGLE_SCALE, ConvCache, WindowPooler
+from .det_features import FIVE_SCALES, SINGLE_SCALE, WindowPooler, scale_caches, scales_key
 from .views import normalization
 
-FORMAT = "minispp-detector-1"
+FORMAT = "minispp-detector-2"
+SCORER_PARTS = ("svm_w", "svm_b", "bbox_w", "bbox_b")
 
 DEFAULTS = dict(
-    scales=SINGLE_SCALE, proposals=2000, seed=0,
+    scales=SINGLE_SCALE, svm_scales=(SINGLE_SCALE, FIVE_SCALES), proposals=2000, seed=0,
     ft_iters=600, ft_lr=1e-3, ft_drop_at=0.8, ft_batch=128, ft_fg=0.25,
     ft_pos_per_image=64, ft_neg_per_image=192, pos_iou=0.5, neg_iou_lo=0.1,
     svm_feature="fc7", svm_C=0.001, svm_pos_weight=2.0, svm_neg_iou=0.3, svm_neg_neg=0.7,
@@ -114,6 +115,32 @@ class Detector:
         self.feature_dim = self.head_params[f"{self.hidden[-1]}.W"].value.shape[0]
         self.svm_w = self.svm_b = self.bbox_w = self.bbox_b = None
         self.svm_scale = self.bbox_scale = 1.0
+        self.scorers = {}            # scales_key -> the SVMs and box regressors for those scales
+
+    # -- SVMs and box regressors for each set of test scales --------------------------------------
+    def keep_scorer(self, scales):
+        """Store the current SVMs and box regressors as the ones trained at these scales."""
+        self.scorers[scales_key(scales)] = {
+            **{k: getattr(self, k) for k in SCORER_PARTS},
+            "svm_scale": self.svm_scale, "bbox_scale": self.bbox_scale}
+
+    def use_scales(self, scales, warn=print):
+        """Score with the SVMs and box regressors trained on features at these scales (a
+        window's features differ with the scale it is pooled at); another set's when none
+        were, with a warning. Returns the key of the set in use."""
+        key = scales_key(scales)
+        if key not in self.scorers:
+            if not self.scorers:
+                return None
+            fallback = scales_key(self.config["scales"])
+            fallback = fallback if fallback in self.scorers else next(iter(self.scorers))
+            warn(f"warning: the SVMs and box regressors were trained at scales "
+                 f"{' and '.join(self.scorers)}, not {key}: using those of {fallback} "
+                 f"(train with --svm-scales including {key})")
+            key = fallback
+        for k, v in self.scorers[key].items():
+            setattr(self, k, v)
+        return key
 
     def head(self, batch):
         """The fc6-fc7-fc8 Net (with a softmax loss) for (batch, pool_dim) input."""
@@ -164,7 +191,8 @@ class Detector:
 
     def save(self, path, extra_meta=None):
         meta = {"classes": self.classes, "config": self.config_json(),
-                "svm_scale": self.svm_scale, "bbox_scale": self.bbox_scale,
+                "scorers": {k: {"svm_scale": v["svm_scale"], "bbox_scale": v["bbox_scale"]}
+                            for k, v in self.scorers.items()},
                 "base_checkpoint": self.model.checksum, "definition": self.model.definition,
                 "definition_args": self.model._args_json(), **(extra_meta or {})}
 
@@ -177,9 +205,10 @@ class Detector:
                 f[f"head/{p.name}"] = p.value
             for k, v in self.model.extras.items():
                 f[f"extras/{k}"] = v
-            for name in ("svm_w", "svm_b", "bbox_w", "bbox_b"):
-                if getattr(self, name) is not None:
-                    f[name] = getattr(self, name)
+            for key, parts in self.scorers.items():
+                for name in SCORER_PARTS:
+                    if parts[name] is not None:
+                        f[f"scorers/{key}/{name}"] = parts[name]
         atomic_h5(path, write)
 
 
@@ -192,7 +221,8 @@ def load_detector(path):
         raise ValueError(f"no detector at {path}; train one with `minispp detect-train`")
     with h5py.File(path, "r") as f:
         if f.attrs.get("format") != FORMAT:
-            raise ValueError(f"{path} is not a minispp detector (format {f.attrs.get('format')!r})")
+            raise ValueError(f"{path} is not a minispp detector of this version (format "
+                             f"{f.attrs.get('format')!r}, expected {FORMAT!r}); train it again")
         meta = json.loads(f.attrs["meta"])
         args = dict(meta["definition_args"])
         if args.get("spp") is not None:
@@ -203,15 +233,18 @@ def load_detector(path):
         model.extras = {k: f[f"extras/{k}"][...] for k in f["extras"]}
         model.meta = {"config": {"mean": meta["config"].get("mean", "image")}}
         model.checksum = meta["base_checkpoint"]
-        det = Detector(model, meta["classes"], {k: tuple(v) if k == "scales" else v
-                                                for k, v in meta["config"].items()})
+        config = dict(meta["config"])
+        config["scales"] = tuple(config["scales"])
+        config["svm_scales"] = tuple(tuple(v) for v in config.get("svm_scales", [config["scales"]]))
+        det = Detector(model, meta["classes"], config)
         for p in det.head_params:
             p.value[...] = f[f"head/{p.name}"][...]
-        for name in ("svm_w", "svm_b", "bbox_w", "bbox_b"):
-            if name in f:
-                setattr(det, name, f[name][...])
-        det.svm_scale, det.bbox_scale = meta["svm_scale"], meta["bbox_scale"]
+        for key, scales in meta["scorers"].items():
+            det.scorers[key] = {name: (f[f"scorers/{key}/{name}"][...] if f"scorers/{key}/{name}" in f
+                                       else None) for name in SCORER_PARTS}
+            det.scorers[key].update(scales)
         det.meta = meta
+    det.use_scales(det.config["scales"])
     return det
 
 
@@ -230,9 +263,7 @@ def prepare_images(ds, workdir, det, progress=True, limit=None, precomputed=None
     returns ([ImageWindows], ConvCache)."""
     props = ProposalCache(os.path.join(workdir, "proposals"), seed=det.config["seed"],
                           top=det.config["proposals"], precomputed=precomputed)
-    scales = tuple(det.config["scales"])
-    conv = ConvCache(os.path.join(workdir, f"conv5-{'-'.join(map(str, scales))}"), det.model,
-                     scales, det.mean, det.pixel_scale)
+    conv = scale_caches(workdir, det.model, det.config["scales"], det.mean, det.pixel_scale)
     n = len(ds) if limit is None else min(limit, len(ds))
     with tqdm(total=n, desc=f"proposals ({ds.split})", unit="img", disable=not progress) as bar:
         props.fill(ds.ids[:n], [ds.image_path(i) for i in range(n)], progress=bar.update)
@@ -427,12 +458,23 @@ def train_detector(voc, checkpoint, out, split="trainval", limit=None, progress=
     t = time.perf_counter()
     finetune(det, images, conv, log, progress)
     times["finetune"] = time.perf_counter() - t
-    t = time.perf_counter()
-    train_svms(det, images, conv, log, progress)
-    times["svms"] = time.perf_counter() - t
-    t = time.perf_counter()
-    train_box_regressors(det, images, conv, log, progress)
-    times["bbox"] = time.perf_counter() - t
+    times["svms"] = times["bbox"] = 0.0
+    index = {image_id: i for i, image_id in enumerate(ds.ids)}
+    for scales in det.config["svm_scales"]:          # SVMs and regressors for each test scale set
+        t = time.perf_counter()
+        maps = scale_caches(out, model, scales, det.mean, det.pixel_scale)
+        for im in tqdm(images, desc=f"conv5 at {scales_key(scales)}", unit="img", disable=not progress):
+            if not maps.has(im.id):
+                maps.get(im.id, lambda i=index[im.id]: ds.load(i)[0])
+        times[f"conv5 {scales_key(scales)}"] = time.perf_counter() - t
+        log(f"SVMs and box regressors on features at {scales_key(scales)}:")
+        t = time.perf_counter()
+        train_svms(det, images, maps, log, progress)
+        times["svms"] += time.perf_counter() - t
+        t = time.perf_counter()
+        train_box_regressors(det, images, maps, log, progress)
+        times["bbox"] += time.perf_counter() - t
+        det.keep_scorer(scales)
     det.save(os.path.join(out, "detector.h5"), {"train_split": split, "voc": os.path.abspath(voc),
                                                 "train_images": len(images)})
     with open(os.path.join(out, "train_log.json"), "w") as fh:
@@ -450,8 +492,13 @@ def score_windows(det, maps, hw, boxes, scorer="svm", bbox=True):
     pooled, inverse = det.pooler.unique(maps, boxes, hw)
     if scorer == "svm":
         scores = det.svm_features(pooled) @ det.svm_w.T + det.svm_b
-    else:
+    elif scorer == "softmax":
         scores = det.softmax_scores(pooled)[:, 1:]
+    elif scorer == "random":          # the chance baseline: same windows, scores drawn at random
+        key = int(np.asarray(boxes, np.float64).sum() * 16) % (2 ** 31)
+        scores = np.random.default_rng([det.config["seed"], len(boxes), key]).random((len(pooled), len(det.classes)))
+    else:
+        raise ValueError(f"scorer must be svm, softmax or random, got {scorer!r}")
     scores = scores[inverse]
     K = len(det.classes)
     out = np.repeat(np.asarray(boxes, np.float64)[:, None, :], K, axis=1)
@@ -496,8 +543,9 @@ def evaluate_detector(det, voc, split="test", workdir=None, scales=None, scorer=
     workdir = workdir or "."
     props = ProposalCache(os.path.join(workdir, "proposals"), seed=det.config["seed"],
                           top=det.config["proposals"])
-    convs = [ConvCache(os.path.join(workdir, f"conv5-{'-'.join(map(str, scales))}" + ("" if k == 0 else f"-m{k}")),
-                       d.model, scales, d.mean, d.pixel_scale) for k, d in enumerate((det,) + tuple(others))]
+    convs = [scale_caches(workdir, d.model, scales, d.mean, d.pixel_scale, "" if k == 0 else f"-m{k}")
+             for k, d in enumerate((det,) + tuple(others))]
+    used = [d.use_scales(scales) for d in (det,) + tuple(others)]
     n = len(ds) if limit is None else min(limit, len(ds))
     with tqdm(total=n, desc=f"proposals ({split})", unit="img", disable=not progress) as bar:
         props.fill(ds.ids[:n], [ds.image_path(i) for i in range(n)], progress=bar.update)
@@ -527,7 +575,8 @@ def evaluate_detector(det, voc, split="test", workdir=None, scales=None, scorer=
                 found[use_bbox][c].append((ds.ids[i], bb, ss))
         t_total += time.perf_counter() - t0
     result = {"split": split, "images": n, "scales": list(scales), "scorer": scorer,
-              "models": 1 + len(others), "seconds_per_image_scoring": t_total / max(n, 1)}
+              "models": 1 + len(others), "svms_trained_at": used,
+              "seconds_per_image_scoring": t_total / max(n, 1)}
     for use_bbox in (True, False):
         aps = {}
         for c in range(K):
