@@ -83,6 +83,8 @@ detect-demo: .installed $(CKPT) embedded-voc  ## SPP-net detector on $(VOC) with
 	  --json $(DET)/test-1scale.json
 	$(PYTHON) -m train detect-test --voc $(VOC) --split test --model $(DET) --limit $(DET_LIMIT) \
 	  --scales 480,576,688,864,1200 --json $(DET)/test-5scale.json
+	$(PYTHON) -m train detect-test --voc $(VOC) --split test --model $(DET) --limit $(DET_LIMIT) \
+	  --scorer random --json $(DET)/test-chance.json --quiet
 	$(PYTHON) -m train detect-time --voc $(VOC) --model $(DET) --images 3
 	$(PYTHON) -m train detect $$(ls $(VOC)/VOCdevkit/VOC2007/JPEGImages/*.jpg | tail -n 3) \
 	  --model $(DET) --out $(DET)/pictures

@@ -128,7 +128,9 @@ class ProposalCache:
             return
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor, as_completed
-        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        # fork where there is one: spawn would re-run the caller's script in every worker
+        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context(method)) as pool:
             futures = {pool.submit(_search_file, path, self.seed, self.top): image_id
                        for image_id, path in todo}
             for fut in as_completed(futures):

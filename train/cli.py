@@ -204,7 +204,8 @@ def parse_args(argv):
     dt.add_argument("--ft-drop-at", type=float, default=0.8, help="fraction of iterations before lr/10")
     dt.add_argument("--ft-batch", type=int, default=128)
     dt.add_argument("--svm-feature", default="fc7", choices=["fc7", "pool5"])
-    dt.add_argument("--svm-C", type=float, default=0.001)
+    dt.add_argument("--svm-C", type=float, help="SVM C (default: the paper's 0.001 scaled by "
+                    "5011 / training images, keeping its balance of loss and regularization)")
     dt.add_argument("--hard-rounds", type=int, default=1, help="hard negative mining rounds")
     dt.add_argument("--limit", type=int, help="only the first N training images")
     dt.add_argument("--seed", type=int, default=0)

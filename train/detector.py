@@ -43,13 +43,21 @@ from .det_features import FIVE_SCALES, SINGLE_SCALE, WindowPooler, scale_caches,
 from .views import normalization
 
 FORMAT = "minispp-detector-2"
+PAPER_SVM_C, PAPER_TRAIN_IMAGES = 0.001, 5011      # R-CNN's / SPP-net's C on VOC07 trainval
+
+
+def svm_C_for(n_images):
+    """The SVM C that keeps the paper's balance of hinge loss and regularization on n_images
+    training images: the loss term sums over the data, so C = 0.001 x 5011 / n (0.05 for 100
+    images; on the embedded set 0.01-0.1 all give about the same mAP, 0.001 about 8 points less)."""
+    return PAPER_SVM_C * PAPER_TRAIN_IMAGES / max(int(n_images), 1)
 SCORER_PARTS = ("svm_w", "svm_b", "bbox_w", "bbox_b")
 
 DEFAULTS = dict(
     scales=SINGLE_SCALE, svm_scales=(SINGLE_SCALE, FIVE_SCALES), proposals=2000, seed=0,
     ft_iters=600, ft_lr=1e-3, ft_drop_at=0.8, ft_batch=128, ft_fg=0.25,
     ft_pos_per_image=64, ft_neg_per_image=192, pos_iou=0.5, neg_iou_lo=0.1,
-    svm_feature="fc7", svm_C=0.001, svm_pos_weight=2.0, svm_neg_iou=0.3, svm_neg_neg=0.7,
+    svm_feature="fc7", svm_C=None, svm_pos_weight=2.0, svm_neg_iou=0.3, svm_neg_neg=0.7,
     hard_rounds=1, hard_threshold=-1.0, svm_init_negatives=4000, feature_norm=20.0,
     bbox_iou=0.5, bbox_lambda=1000.0, nms=0.3, max_per_image=100)
 
@@ -220,7 +228,8 @@ def load_detector(path):
     if not os.path.exists(path):
         raise ValueError(f"no detector at {path}; train one with `minispp detect-train`")
     with h5py.File(path, "r") as f:
-        if f.attrs.get("format") != FORMAT:
+        old = f.attrs.get("format") == "minispp-detector-1"      # one scorer, at the training scales
+        if f.attrs.get("format") != FORMAT and not old:
             raise ValueError(f"{path} is not a minispp detector of this version (format "
                              f"{f.attrs.get('format')!r}, expected {FORMAT!r}); train it again")
         meta = json.loads(f.attrs["meta"])
@@ -239,9 +248,13 @@ def load_detector(path):
         det = Detector(model, meta["classes"], config)
         for p in det.head_params:
             p.value[...] = f[f"head/{p.name}"][...]
+        if old:
+            meta["scorers"] = {scales_key(config["scales"]): {"svm_scale": meta["svm_scale"],
+                                                              "bbox_scale": meta["bbox_scale"]}}
         for key, scales in meta["scorers"].items():
-            det.scorers[key] = {name: (f[f"scorers/{key}/{name}"][...] if f"scorers/{key}/{name}" in f
-                                       else None) for name in SCORER_PARTS}
+            where = "" if old else f"scorers/{key}/"
+            det.scorers[key] = {name: f[where + name][...] if where + name in f else None
+                                for name in SCORER_PARTS}
             det.scorers[key].update(scales)
         det.meta = meta
     det.use_scales(det.config["scales"])
@@ -455,6 +468,9 @@ def train_detector(voc, checkpoint, out, split="trainval", limit=None, progress=
     t0 = time.perf_counter()
     images, conv = prepare_images(ds, out, det, progress, limit, precomputed)
     times = {"proposals_and_conv5": time.perf_counter() - t0}
+    if det.config["svm_C"] is None:
+        det.config["svm_C"] = svm_C_for(len(images))
+        log(f"SVM C = 0.001 x 5011 / {len(images)} images = {det.config['svm_C']:.4g}")
     t = time.perf_counter()
     finetune(det, images, conv, log, progress)
     times["finetune"] = time.perf_counter() - t
