@@ -9,18 +9,23 @@ from PIL import Image
 CROP_POSITIONS = ("center", "top-left", "top-right", "bottom-left", "bottom-right")
 
 
+def min_side_shape(h, w, s):
+    """(h', w') of an h x w image resized so its shorter side is s."""
+    if min(h, w) == s:
+        return h, w
+    scale = s / min(h, w)
+    if h <= w:
+        return s, max(1, round(w * scale))
+    return max(1, round(h * scale)), s
+
+
 def resize_min_side(img, s):
     """Resize so the shorter side is s, keeping the aspect ratio (bilinear, antialiased)."""
     h, w = img.shape[:2]
     if min(h, w) == s:
         return img
-    scale = s / min(h, w)
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    if h <= w:
-        size = (size[0], s)
-    else:
-        size = (s, size[1])
-    return np.asarray(Image.fromarray(img).resize(size, Image.BILINEAR, reducing_gap=3.0))
+    nh, nw = min_side_shape(h, w, s)
+    return np.asarray(Image.fromarray(img).resize((nw, nh), Image.BILINEAR, reducing_gap=3.0))
 
 
 def resize_to(img, h, w):

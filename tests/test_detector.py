@@ -16,6 +16,7 @@ import nets
 from conftest import save_small
 from minispp.embedded import make_voc
 from minispp.feature_cache import CacheMismatch
+from minispp.proposals import ProposalCache
 from minispp.voc import VOCDataset
 from train.cli import main
 from train.det_features import ConvCache, WindowPooler, choose_scales
@@ -230,6 +231,22 @@ def test_detector_commands_end_to_end(ckpt, voc, tmp_path, capsys):
     assert r1.shape == s1.shape and np.array_equal(r1, r2) and not np.array_equal(r1, r3)
     with pytest.raises(ValueError, match="scorer"):
         score_windows(det, maps, hw, boxes, scorer="vote")
+    # the timing table: every way, the multiply-add counts, the ratios
+    capsys.readouterr()
+    assert main(["detect-time", "--voc", str(voc), "--model", out, "--images", "1"]) == 0
+    table = open(os.path.join(out, "timing.md")).read()
+    rows = {line.split("|")[1].strip(): [v.strip() for v in line.split("|")[2:-1]]
+            for line in table.splitlines() if line.startswith("| ") and "---" not in line}
+    assert rows[""] == ["SPP 1-scale", "SPP 1-scale, every window", "SPP 5-scale", "R-CNN"]
+    n = int(rows["windows through fc6, fc7"][3])
+    assert n == len(ProposalCache(os.path.join(out, "proposals"), top=200).get(ds.ids[0], None))
+    assert int(rows["windows through fc6, fc7"][0]) <= int(rows["windows through fc6, fc7"][1]) == n
+    from train.det_time import _head_layers, macs_rcnn
+    per_window = sum(l.macs() for l in det.model.trunk((224, 224)).layers) + \
+        sum(l.macs() for l in _head_layers(det))
+    assert macs_rcnn(det, n) == n * per_window
+    ratio = rows["ratio of multiply-adds (the speed-up at equal efficiency)"]
+    assert ratio[3] == "1.0x" and all(float(v[:-1]) > 1 for v in ratio[:3])
     pics = str(tmp_path / "pics")
     img = os.path.join(str(voc), "JPEGImages", f"{ds.ids[0]}.jpg")
     assert main(["detect", img, "--model", out, "--out", pics, "--threshold", "-100"]) == 0

@@ -15,7 +15,7 @@ import time
 import numpy as np
 from PIL import Image
 
-from minispp.transforms import to_input, warp_mean
+from minispp.transforms import min_side_shape, to_input, warp_mean
 
 from .det_features import FIVE_SCALES, SINGLE_SCALE, conv5_maps
 
@@ -128,6 +128,23 @@ def time_spp(det, img, boxes, scales, distinct=True):
     return t
 
 
+def _macs(layers):
+    return sum(layer.macs() for layer in layers)
+
+
+def macs_spp(det, image_hw, scales, windows_fc):
+    """Multiply-adds for one image the SPP-net way: the conv trunk once per scale, fc6 and
+    fc7 once per window that goes through them."""
+    conv = sum(_macs(det.model.trunk(min_side_shape(*image_hw, s)).layers) for s in scales)
+    return conv + windows_fc * _macs(_head_layers(det))
+
+
+def macs_rcnn(det, windows):
+    """Multiply-adds for one image the R-CNN way: the whole net on every 224 x 224 window."""
+    trunk = det.model.trunk((CROP, CROP)).layers
+    return windows * (_macs(trunk) + _macs(_head_layers(det)))
+
+
 def warm_up(det, img, boxes):
     """Compile/load every kernel and allocate once, so the timed runs measure steady state."""
     time_spp(det, img, boxes[:50], SINGLE_SCALE)
@@ -135,7 +152,7 @@ def warm_up(det, img, boxes):
 
 
 WAYS = ("SPP 1-scale", "SPP 1-scale, every window", "SPP 5-scale", "R-CNN")
-PARTS = ("crop", "conv", "pool", "fc", "total", "windows_fc")
+PARTS = ("crop", "conv", "pool", "fc", "total", "windows_fc", "gmacs")
 
 
 def time_table(det, images, progress=print):
@@ -150,6 +167,10 @@ def time_table(det, images, progress=print):
         runs["SPP 5-scale"].append(time_spp(det, img, boxes, FIVE_SCALES))
         runs["R-CNN"].append(time_rcnn(det, img, boxes))
         runs["R-CNN"][-1]["windows_fc"] = len(boxes)
+        for way, scales in (("SPP 1-scale", SINGLE_SCALE), ("SPP 1-scale, every window", SINGLE_SCALE),
+                            ("SPP 5-scale", FIVE_SCALES)):
+            runs[way][-1]["gmacs"] = macs_spp(det, img.shape[:2], scales, runs[way][-1]["windows_fc"]) / 1e9
+        runs["R-CNN"][-1]["gmacs"] = macs_rcnn(det, len(boxes)) / 1e9
         progress(f"{image_id}: {len(boxes)} windows; R-CNN {runs['R-CNN'][-1]['total']:.1f} s, "
                  f"SPP 1-scale {runs['SPP 1-scale'][-1]['total']:.2f} s "
                  f"({runs['SPP 1-scale, every window'][-1]['total']:.2f} s with fc on every window), "
@@ -157,6 +178,10 @@ def time_table(det, images, progress=print):
     mean = {w: {k: float(np.mean([r.get(k, 0.0) for r in rs])) for k in PARTS}
             for w, rs in runs.items()}
     return mean, markdown(mean, len(images), int(np.mean([len(b) for _, _, b in images])))
+
+
+def _times(x):
+    return f"{x:.0f}x" if x >= 10 else f"{x:.1f}x"
 
 
 def markdown(mean, n_images, n_windows):
@@ -169,12 +194,14 @@ def markdown(mean, n_images, n_windows):
                        ("pool", "pooling (SPP / pool5)"), ("fc", "fc6, fc7"), ("total", "total")):
         lines.append(f"| {label} | " + " | ".join(f"{mean[w][key]:.3f}" for w in ways) + " |")
     lines.append("| windows through fc6, fc7 | " + " | ".join(f"{mean[w]['windows_fc']:.0f}" for w in ways) + " |")
+    lines.append("| multiply-adds, conv + fc (G) | " + " | ".join(f"{mean[w]['gmacs']:.4g}" for w in ways) + " |")
 
     def through_pool5(m):
         return m["crop"] + m["conv"] + m["pool"]
     rows = (("speed-up, conv", lambda m: m["conv"]),
             ("speed-up, features through pool5", through_pool5),
-            ("speed-up, features through fc7", lambda m: m["total"]))
+            ("speed-up, features through fc7", lambda m: m["total"]),
+            ("ratio of multiply-adds (the speed-up at equal efficiency)", lambda m: m["gmacs"]))
     for label, part in rows:
-        lines.append(f"| {label} | " + " | ".join(f"{part(r) / part(mean[w]):.0f}x" for w in ways) + " |")
+        lines.append(f"| {label} | " + " | ".join(_times(part(r) / part(mean[w])) for w in ways) + " |")
     return "\n".join(lines) + "\n"
