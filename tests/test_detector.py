@@ -21,7 +21,8 @@ from minispp.voc import VOCDataset
 from train.cli import main
 from train.det_features import ConvCache, WindowPooler, choose_scales
 from train.det_time import rcnn_crop
-from train.detector import ImageWindows, combine, load_detector, score_windows, svm_negatives
+from train.detector import (ImageWindows, combine, load_detector, localization, score_windows,
+                            svm_negatives)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -75,6 +76,35 @@ def test_model_combination_is_nms_over_the_union():
     np.testing.assert_array_equal(got[0][1], [0.95, 0.4, 0.1])
     np.testing.assert_array_equal(got[1][0], [[10, 10, 50, 50]])
     assert len(combine([a, b], max_per_image=2)[0][1]) == 2
+
+
+def test_pictures_show_detections_above_the_threshold_and_the_top_ones():
+    from train.det_draw import draw_detections, shown_detections
+    dets = {0: (np.array([[0, 0, 9, 9], [20, 20, 29, 29]], float), np.array([0.5, -0.7])),
+            1: (np.array([[40, 40, 59, 59]], float), np.array([-0.2]))}
+    assert [(c, s) for c, _, s in shown_detections(dets)] == [(0, 0.5)]
+    assert [(c, s) for c, _, s in shown_detections(dets, top=2)] == [(0, 0.5), (1, -0.2)]
+    assert [(c, s) for c, _, s in shown_detections(dets, threshold=-1)] == [(0, 0.5), (1, -0.2), (0, -0.7)]
+    img = np.zeros((64, 64, 3), np.uint8)
+    drawn = np.asarray(draw_detections(img, dets, ["a", "b"], top=2))
+    assert drawn[50, 40].any() and not drawn[25, 20].any()     # box 1 drawn, box 2 (-0.7) not
+
+
+def test_localization_measures_regression_on_imperfect_windows():
+    gt, cls = np.array([[0, 0, 99, 99], [200, 200, 299, 299]], float), np.array([1, 0])
+    props = np.array([[0, 0, 99, 79],         # IoU 0.8 with gt 0 (class 1): counted
+                      [0, 0, 99, 98],         # IoU 0.99: already good, not counted
+                      [0, 0, 99, 29],         # IoU 0.3: not counted
+                      [200, 200, 299, 249]],  # IoU 0.5 with gt 1 (class 0): counted
+                     float)
+    regressed = np.repeat(props[:, None], 2, axis=1)
+    regressed[0, 1] = gt[0]                   # class 1's regressor fixes window 0 exactly
+    regressed[0, 0] = [0, 0, 9, 9]            # (class 0's is not the one that counts)
+    regressed[3, 0] = [200, 200, 299, 274]    # IoU 0.5 -> 0.75
+    before, after = localization(props, regressed, gt, cls)
+    np.testing.assert_allclose(before, [0.8, 0.5])
+    np.testing.assert_allclose(after, [1.0, 0.75])
+    assert localization(props, regressed, np.zeros((0, 4)), [])[0].size == 0
 
 
 def test_rcnn_crop_keeps_16_pixels_of_context():
@@ -201,6 +231,7 @@ def test_detector_commands_end_to_end(ckpt, voc, tmp_path, capsys):
                  str(tmp_path / "r.json"), "--quiet"]) == 0
     r = json.load(open(tmp_path / "r.json"))
     assert r["images"] == 3 and set(r) >= {"bbox", "no_bbox"} and r["svms_trained_at"] == ["96"]
+    assert r["localization"]["windows"] > 0 and 0.5 <= r["localization"]["mean_iou_before"] < 0.9
     assert all(0 <= ap <= 1 + 1e-12 for ap in r["bbox"]["per_class"].values())   # 11 x (1/11) sums to 1 + 2e-16
     assert main(["detect-test", "--voc", str(voc), "--model", out, "--scales", "96,400", "--json",
                  str(tmp_path / "r2.json"), "--quiet"]) == 0

@@ -231,6 +231,8 @@ def parse_args(argv):
     dd.add_argument("--model", required=True)
     dd.add_argument("--out", required=True, help="folder for <image>-detections.png and <image>-projection.png")
     dd.add_argument("--threshold", type=float, default=0.0, help="draw detections scoring above this")
+    dd.add_argument("--top", type=int, default=3,
+                    help="also draw the image's TOP best detections whatever their score (0: none)")
     dd.add_argument("--scales", help="default: the training scales")
 
     dm = sub.add_parser("detect-time", help="SPP-net vs the R-CNN way, seconds per image (Table 10)",
@@ -423,6 +425,9 @@ def cmd_detect_test(a):
         print(f"  {c:>14s}: AP {ap:.1%} ({r['no_bbox']['per_class'][c]:.1%} without box regression)")
     print(f"VOC07 detection mAP {r['bbox']['mAP']:.2%} with box regression, "
           f"{r['no_bbox']['mAP']:.2%} without; {r['images']} images, scales {r['scales']}")
+    loc = r["localization"]
+    print(f"box regression on the {loc['windows']} proposals with IoU in [0.5, 0.9) with an object: "
+          f"mean IoU {loc['mean_iou_before']:.3f} -> {loc['mean_iou_after']:.3f}")
     if a.json:
         with open(a.json, "w") as fh:
             json.dump(dict(r, model=os.path.abspath(a.model), voc=os.path.abspath(a.voc)), fh, indent=1)
@@ -435,7 +440,7 @@ def cmd_detect(a):
     from minispp.selective_search import selective_search
     from minispp.transforms import resize_min_side
 
-    from .det_draw import draw_detections, draw_projection
+    from .det_draw import draw_detections, draw_projection, shown_detections
     from .det_features import choose_scales, conv5_maps, scale_factors
     from .detector import detections_from_scores, load_detector, score_windows
     det = load_detector(a.model)
@@ -450,7 +455,7 @@ def cmd_detect(a):
         scores, regressed = score_windows(det, maps, img.shape[:2], boxes)
         dets = detections_from_scores(scores, regressed, det.config["nms"], det.config["max_per_image"])
         stem = os.path.join(a.out, os.path.splitext(os.path.basename(path))[0])
-        draw_detections(img, dets, det.classes, a.threshold).save(stem + "-detections.png")
+        draw_detections(img, dets, det.classes, a.threshold, top=a.top).save(stem + "-detections.png")
         c, r = np.unravel_index(np.argmax(scores), scores.shape)[::-1]
         box = boxes[r]
         k = int(choose_scales(box[None], img.shape[:2], scales)[0])
@@ -459,8 +464,10 @@ def cmd_detect(a):
         cells = window_to_feature_map(box[None] * f, S, m.shape[2:], offset)[0]
         draw_projection(resize_min_side(img, scales[k]), box * f, cells, S, offset,
                         receptive).save(stem + "-projection.png")
-        shown = sum(int((s > a.threshold).sum()) for _, s in dets.values())
-        print(f"{path}: {len(boxes)} proposals, {shown} detections above {a.threshold}: "
+        shown = shown_detections(dets, a.threshold, a.top)
+        best = ", ".join(f"{det.classes[c]} {s:.2f}" for c, _, s in shown[:5])
+        print(f"{path}: {len(boxes)} proposals; {sum(s > a.threshold for _, _, s in shown)} "
+              f"detections above {a.threshold}, {len(shown)} drawn ({best}): "
               f"{stem}-detections.png; best window's projection (scale {scales[k]}, conv5 cells "
               f"{tuple(int(v) for v in cells)}): {stem}-projection.png")
     return 0

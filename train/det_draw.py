@@ -13,21 +13,27 @@ def class_colour(c):
     return PALETTE[c % len(PALETTE)]
 
 
-def draw_detections(img, detections, classes, threshold=0.0, width=3):
-    """A PIL image: img (uint8 RGB) with every detection scoring above threshold, boxed in its
-    class's colour and labelled 'class score'. detections: {class index: (boxes, scores)}."""
+def shown_detections(detections, threshold=0.0, top=0):
+    """[(class, box, score)] to draw: every detection scoring above threshold, and the top
+    highest-scoring ones of the image whatever their score, best first."""
+    every = sorted(((c, b, float(s)) for c, (boxes, scores) in detections.items()
+                    for b, s in zip(boxes, scores)), key=lambda t: -t[2])
+    return [t for k, t in enumerate(every) if t[2] > threshold or k < top]
+
+
+def draw_detections(img, detections, classes, threshold=0.0, width=3, top=0):
+    """A PIL image: img (uint8 RGB) with the detections of shown_detections (threshold, top)
+    boxed in their class's colour and labelled 'class score'. detections: {class index:
+    (boxes, scores)}."""
     out = Image.fromarray(np.asarray(img)).convert("RGB")
     d = ImageDraw.Draw(out)
-    for c, (boxes, scores) in detections.items():
-        for b, s in zip(boxes, scores):
-            if s <= threshold:
-                continue
-            x1, y1, x2, y2 = (float(v) for v in b)
-            d.rectangle([x1, y1, x2, y2], outline=class_colour(c), width=width)
-            label = f"{classes[c]} {s:.2f}"
-            tw = d.textlength(label)
-            d.rectangle([x1, max(0, y1 - 12), x1 + tw + 4, max(0, y1 - 12) + 12], fill=class_colour(c))
-            d.text((x1 + 2, max(0, y1 - 12)), label, fill=(0, 0, 0))
+    for c, b, s in reversed(shown_detections(detections, threshold, top)):   # best drawn last, on top
+        x1, y1, x2, y2 = (float(v) for v in b)
+        d.rectangle([x1, y1, x2, y2], outline=class_colour(c), width=width)
+        label = f"{classes[c]} {s:.2f}"
+        tw = d.textlength(label)
+        d.rectangle([x1, max(0, y1 - 12), x1 + tw + 4, max(0, y1 - 12) + 12], fill=class_colour(c))
+        d.text((x1 + 2, max(0, y1 - 12)), label, fill=(0, 0, 0))
     return out
 
 

@@ -526,6 +526,22 @@ def score_windows(det, maps, hw, boxes, scorer="svm", bbox=True):
     return scores, out
 
 
+def localization(proposals, regressed, gt_boxes, gt_classes, band=(0.5, 0.9)):
+    """What box regression does to imperfect windows: for each proposal whose best IoU with a
+    ground-truth box lies in band, (IoU before, IoU after regressing it with that box's class's
+    regressor). regressed: (R, K, 4) from score_windows."""
+    gt_boxes = np.asarray(gt_boxes, np.float64).reshape(-1, 4)
+    if len(gt_boxes) == 0 or len(proposals) == 0:
+        return np.zeros(0), np.zeros(0)
+    ov = iou(proposals, gt_boxes)
+    j, best = ov.argmax(axis=1), ov.max(axis=1)
+    rows = np.flatnonzero((best >= band[0]) & (best < band[1]))
+    c = np.asarray(gt_classes)[j[rows]]
+    moved = regressed[rows, c]
+    after = np.array([iou(moved[k:k + 1], gt_boxes[j[r]:j[r] + 1])[0, 0] for k, r in enumerate(rows)])
+    return best[rows], after.reshape(-1)
+
+
 def detections_from_scores(scores, boxes, nms_thresh=0.3, max_per_image=100):
     """Per class: NMS at nms_thresh, at most max_per_image kept. {class: (boxes, scores)}."""
     out = {}
@@ -568,7 +584,7 @@ def evaluate_detector(det, voc, split="test", workdir=None, scales=None, scorer=
     K = len(det.classes)
     found = {True: [[] for _ in range(K)], False: [[] for _ in range(K)]}
     gt = [{} for _ in range(K)]
-    t_total = 0.0
+    t_total, moved = 0.0, []
     for i in tqdm(range(n), desc=f"detect ({split}, scales {','.join(map(str, scales))})", unit="img",
                   disable=not progress):
         load = (lambda i=i: ds.load(i)[0])
@@ -582,6 +598,7 @@ def evaluate_detector(det, voc, split="test", workdir=None, scales=None, scorer=
             maps, hw = conv.get(ds.ids[i], load)
             scores, b = score_windows(d, maps, hw, p, scorer, bbox=True)
             scored.append((d, scores, b, np.repeat(np.asarray(p, np.float64)[:, None], K, axis=1)))
+        moved.append(localization(p, scored[0][2], boxes[~diff], cls[~diff]))
         for use_bbox in (True, False):
             per_model = [detections_from_scores(sc, rb if use_bbox else pb, d.config["nms"],
                                                 d.config["max_per_image"]) for d, sc, rb, pb in scored]
@@ -593,6 +610,10 @@ def evaluate_detector(det, voc, split="test", workdir=None, scales=None, scorer=
     result = {"split": split, "images": n, "scales": list(scales), "scorer": scorer,
               "models": 1 + len(others), "svms_trained_at": used,
               "seconds_per_image_scoring": t_total / max(n, 1)}
+    before, after = (np.concatenate([m[k] for m in moved]) for k in (0, 1))
+    result["localization"] = {"windows": int(before.size),
+                              "mean_iou_before": float(before.mean()) if before.size else float("nan"),
+                              "mean_iou_after": float(after.mean()) if after.size else float("nan")}
     for use_bbox in (True, False):
         aps = {}
         for c in range(K):
