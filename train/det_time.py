@@ -162,6 +162,9 @@ def time_table(det, images, progress=print):
     warm_up(det, images[0][1], images[0][2])
     runs = {w: [] for w in WAYS}
     for image_id, img, boxes in images:
+        # every image has its own shapes: build (and allocate) the conv nets for them first,
+        # untimed, as the R-CNN way's 224 x 224 net was built in warm_up
+        conv5_maps(det.model, img, FIVE_SCALES, det.mean, det.pixel_scale)
         runs["SPP 1-scale"].append(time_spp(det, img, boxes, SINGLE_SCALE))
         runs["SPP 1-scale, every window"].append(time_spp(det, img, boxes, SINGLE_SCALE, distinct=False))
         runs["SPP 5-scale"].append(time_spp(det, img, boxes, FIVE_SCALES))
