@@ -171,32 +171,33 @@ def test_conv_cache_resumes_after_a_kill_and_refuses_another_model(ckpt, voc, tm
         ConvCache(folder, other, (64, 96), mean, sc)
 
 
-def test_pooler_uses_the_map_of_each_windows_scale(ckpt):
+def _pooler_on_two_scales(ckpt, seed):
+    """A WindowPooler of the small net, random conv5 maps at scales 64 and 128 of a 100 x 125
+    image (factors 0.64 and 1.28), and pool_alone(m, boxes): one WindowSPP on map m."""
     from layers import WindowSPP
     model = nets.load(ckpt)
-    pool = WindowPooler(model, model.spp)
     S, offset, _ = model.feature_geometry()
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     maps = {64: rng.random((1, 5, 16, 20), dtype=np.float32),
             128: rng.random((1, 5, 32, 40), dtype=np.float32)}
-    hw = (100, 125)                            # factors 0.64 and 1.28
+
+    def pool_alone(m, boxes):
+        layer = WindowSPP(model.spp, feature_stride=S, offset=offset)
+        layer.setup(m.shape)
+        return layer.forward(m, boxes, train=False)
+    return WindowPooler(model, model.spp), maps, (100, 125), pool_alone
+
+
+def test_pooler_uses_the_map_of_each_windows_scale(ckpt):
+    pool, maps, hw, pool_alone = _pooler_on_two_scales(ckpt, 0)
     boxes = np.array([[0, 0, 99, 99], [10, 10, 29, 29]], float)
     got = pool(maps, boxes, hw)
     # the big box is nearest 224^2 at 128... both are below it: each goes to 128
-    layer = WindowSPP(model.spp, feature_stride=S, offset=offset)
-    layer.setup(maps[128].shape)
-    np.testing.assert_array_equal(got, layer.forward(maps[128], boxes * 1.28, train=False))
+    np.testing.assert_array_equal(got, pool_alone(maps[128], boxes * 1.28))
 
 
 def test_windows_on_the_same_cells_are_pooled_once(ckpt):
-    from layers import WindowSPP
-    model = nets.load(ckpt)
-    pool = WindowPooler(model, model.spp)
-    S, offset, _ = model.feature_geometry()
-    rng = np.random.default_rng(1)
-    maps = {64: rng.random((1, 5, 16, 20), dtype=np.float32),
-            128: rng.random((1, 5, 32, 40), dtype=np.float32)}
-    hw = (100, 125)
+    pool, maps, hw, pool_alone = _pooler_on_two_scales(ckpt, 1)
     # shifted by a pixel at 128 (factor 1.28): the same cells, unless a corner crosses a
     # cell boundary; the big boxes go to 64 (factor 0.64)
     boxes = np.array([[10, 10, 59, 59], [10.5, 10, 59, 59.5], [10, 10, 59, 59],
@@ -206,9 +207,7 @@ def test_windows_on_the_same_cells_are_pooled_once(ckpt):
     want = []
     for b, k in zip(boxes, choose_scales(boxes, hw, (64, 128))):
         s = (64, 128)[k]
-        layer = WindowSPP(model.spp, feature_stride=S, offset=offset)
-        layer.setup(maps[s].shape)
-        want.append(layer.forward(maps[s], b[None] * s / 100, train=False)[0])
+        want.append(pool_alone(maps[s], b[None] * s / 100)[0])
     np.testing.assert_array_equal(pooled[inverse], np.stack(want))
     np.testing.assert_array_equal(pool(maps, boxes, hw), np.stack(want))
     assert inverse[0] == inverse[1] == inverse[2] and inverse[3] == inverse[4]

@@ -151,7 +151,10 @@ def warm_up(det, img, boxes):
     time_rcnn(det, img, boxes[:32])
 
 
-WAYS = ("SPP 1-scale", "SPP 1-scale, every window", "SPP 5-scale", "R-CNN")
+SPP_WAYS = (("SPP 1-scale", SINGLE_SCALE, True),                  # (name, scales, distinct)
+            ("SPP 1-scale, every window", SINGLE_SCALE, False),
+            ("SPP 5-scale", FIVE_SCALES, True))
+WAYS = tuple(name for name, _, _ in SPP_WAYS) + ("R-CNN",)
 PARTS = ("crop", "conv", "pool", "fc", "total", "windows_fc", "gmacs")
 
 
@@ -165,15 +168,13 @@ def time_table(det, images, progress=print):
         # every image has its own shapes: build (and allocate) the conv nets for them first,
         # untimed, as the R-CNN way's 224 x 224 net was built in warm_up
         conv5_maps(det.model, img, FIVE_SCALES, det.mean, det.pixel_scale)
-        runs["SPP 1-scale"].append(time_spp(det, img, boxes, SINGLE_SCALE))
-        runs["SPP 1-scale, every window"].append(time_spp(det, img, boxes, SINGLE_SCALE, distinct=False))
-        runs["SPP 5-scale"].append(time_spp(det, img, boxes, FIVE_SCALES))
-        runs["R-CNN"].append(time_rcnn(det, img, boxes))
-        runs["R-CNN"][-1]["windows_fc"] = len(boxes)
-        for way, scales in (("SPP 1-scale", SINGLE_SCALE), ("SPP 1-scale, every window", SINGLE_SCALE),
-                            ("SPP 5-scale", FIVE_SCALES)):
-            runs[way][-1]["gmacs"] = macs_spp(det, img.shape[:2], scales, runs[way][-1]["windows_fc"]) / 1e9
-        runs["R-CNN"][-1]["gmacs"] = macs_rcnn(det, len(boxes)) / 1e9
+        for name, scales, distinct in SPP_WAYS:
+            t = time_spp(det, img, boxes, scales, distinct)
+            t["gmacs"] = macs_spp(det, img.shape[:2], scales, t["windows_fc"]) / 1e9
+            runs[name].append(t)
+        t = time_rcnn(det, img, boxes)
+        t["windows_fc"], t["gmacs"] = len(boxes), macs_rcnn(det, len(boxes)) / 1e9
+        runs["R-CNN"].append(t)
         progress(f"{image_id}: {len(boxes)} windows; R-CNN {runs['R-CNN'][-1]['total']:.1f} s, "
                  f"SPP 1-scale {runs['SPP 1-scale'][-1]['total']:.2f} s "
                  f"({runs['SPP 1-scale, every window'][-1]['total']:.2f} s with fc on every window), "

@@ -43,7 +43,9 @@ from .det_features import FIVE_SCALES, SINGLE_SCALE, WindowPooler, scale_caches,
 from .views import normalization
 
 FORMAT = "minispp-detector-2"
+SCORER_PARTS = ("svm_w", "svm_b", "bbox_w", "bbox_b")
 PAPER_SVM_C, PAPER_TRAIN_IMAGES = 0.001, 5011      # R-CNN's / SPP-net's C on VOC07 trainval
+
 
 
 def svm_C_for(n_images):
@@ -51,7 +53,7 @@ def svm_C_for(n_images):
     training images: the loss term sums over the data, so C = 0.001 x 5011 / n (0.05 for 100
     images; on the embedded set 0.01-0.1 all give about the same mAP, 0.001 about 8 points less)."""
     return PAPER_SVM_C * PAPER_TRAIN_IMAGES / max(int(n_images), 1)
-SCORER_PARTS = ("svm_w", "svm_b", "bbox_w", "bbox_b")
+
 
 DEFAULTS = dict(
     scales=SINGLE_SCALE, svm_scales=(SINGLE_SCALE, FIVE_SCALES), proposals=2000, seed=0,
@@ -537,9 +539,8 @@ def localization(proposals, regressed, gt_boxes, gt_classes, band=(0.5, 0.9)):
     j, best = ov.argmax(axis=1), ov.max(axis=1)
     rows = np.flatnonzero((best >= band[0]) & (best < band[1]))
     c = np.asarray(gt_classes)[j[rows]]
-    moved = regressed[rows, c]
-    after = np.array([iou(moved[k:k + 1], gt_boxes[j[r]:j[r] + 1])[0, 0] for k, r in enumerate(rows)])
-    return best[rows], after.reshape(-1)
+    after = iou(regressed[rows, c], gt_boxes)[np.arange(rows.size), j[rows]]
+    return best[rows], after
 
 
 def detections_from_scores(scores, boxes, nms_thresh=0.3, max_per_image=100):
