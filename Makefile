@@ -1,6 +1,26 @@
 # minispp — run `make help` for the list of targets.
-PYTHON ?= python3
+# Which Python: PYTHON=... if given; else the active virtual environment's (VIRTUAL_ENV set);
+# else the project's own .venv, made with $(BASE_PYTHON) -m venv on first use. The first target
+# that needs the package installs .[test,plots] into that Python once (the stamp $(STAMP), redone
+# when setup.py changes), so `make test` or `make train-zf5` can be the first command of a clone.
+BASE_PYTHON ?= python3
+VENV ?= .venv
+ifeq ($(origin PYTHON),undefined)
+  ifdef VIRTUAL_ENV
+    PYTHON := $(VIRTUAL_ENV)/bin/python
+    STAMP := $(VIRTUAL_ENV)/.minispp-installed
+  else
+    PYTHON := $(VENV)/bin/python
+    STAMP := $(VENV)/.minispp-installed
+    MAKE_VENV := yes
+  endif
+else
+  STAMP := .installed
+endif
 PYTEST ?= $(PYTHON) -m pytest
+# make test TESTS=tests/test_boxes.py PYTEST_ARGS="-x -k iou": a part of the suite
+TESTS ?=
+PYTEST_ARGS ?=
 BENCH_REPEAT ?= 7
 # training (make train-zf5): DATA defaults to the embedded data set, generated on first use
 EMBEDDED ?= data/embedded
@@ -23,7 +43,7 @@ DET ?= runs/det
 DET_LIMIT ?= 100
 FT_ITERS ?= 600
 
-.PHONY: help install test gradcheck train-zf5 test-zf5 compare-zf5 embedded embedded-voc features-demo features-compare detect-demo bench bench-conv bench-lrn bench-pool bench-spp \
+.PHONY: help install venv test gradcheck train-zf5 test-zf5 compare-zf5 embedded embedded-voc features-demo features-compare detect-demo bench bench-conv bench-lrn bench-pool bench-spp \
         bench-window-spp bench-zf5 bench-features summary-zf5 geometry clean
 
 help:  ## list every target
@@ -31,40 +51,51 @@ help:  ## list every target
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | \
 	  awk 'BEGIN {FS = ":.*## "}; {printf "  make %-18s %s\n", $$1, $$2}'
 
-install:  ## pip install -e .[test] into the current Python
-	$(PYTHON) -m pip install -e '.[test]'
+install:  ## pip install -e .[test,plots] into $(PYTHON) (the project's .venv unless a venv is active or PYTHON is given)
+	@rm -f $(STAMP)
+	@$(MAKE) --no-print-directory $(STAMP)
 
-.installed: setup.py
+venv: $(STAMP)  ## make the Python ready once (see the top of this Makefile); every target that needs it does this
+
+$(STAMP): setup.py
+ifdef MAKE_VENV
+	@if ! $(PYTHON) -m pip --version >/dev/null 2>&1; then \
+	  echo "creating the virtual environment $(VENV) ($(BASE_PYTHON) -m venv)"; \
+	  $(BASE_PYTHON) -m venv $(VENV) || { echo "error: '$(BASE_PYTHON) -m venv $(VENV)' failed" \
+	    "(Debian/Ubuntu: apt install python3-venv), or activate a virtual environment first" >&2; \
+	    exit 1; }; fi
+	-$(PYTHON) -m pip install --quiet --upgrade pip
+endif
 	$(PYTHON) -m pip install -e '.[test,plots]'
-	touch .installed
+	touch $@
 
-embedded: .installed  ## generate the embedded data set into $(EMBEDDED) (once; 10 classes, 1,500 images)
+embedded: $(STAMP)  ## generate the embedded data set into $(EMBEDDED) (once; 10 classes, 1,500 images)
 	$(PYTHON) -m train embedded --out $(EMBEDDED)
 
-train-zf5: .installed  ## train ZF-5 + SPP(6,3,2,1), multi-size, on $(DATA) (default: the embedded set) into $(OUT)
+train-zf5: $(STAMP)  ## train ZF-5 + SPP(6,3,2,1), multi-size, on $(DATA) (default: the embedded set) into $(OUT)
 	@if [ "$(DATA)" = "$(EMBEDDED)" ]; then $(PYTHON) -m train embedded --out $(EMBEDDED); fi
 	$(PYTHON) -m train train --data $(DATA) --net zf5 --spp $(SPP) --mode $(MODE) \
 	  --epochs $(EPOCHS) --batch $(BATCH) --lr $(LR) --out $(OUT) \
 	  $$( [ -f $(OUT)/checkpoint.h5 ] && echo --resume )
 
-test-zf5: .installed  ## evaluate $(OUT)/best.h5 on $(DATA)/val with the center, 10-view and full-image views
+test-zf5: $(STAMP)  ## evaluate $(OUT)/best.h5 on $(DATA)/val with the center, 10-view and full-image views
 	for v in center 10view full; do \
 	  $(PYTHON) -m train test --checkpoint $(OUT)/best.h5 --data $(DATA) --split val --view $$v \
 	    --json $(OUT)/test-$$v.json || exit 1; done
 
 SEEDS ?= 0,1
-compare-zf5: .installed  ## no-SPP vs SPP single vs SPP multi x center/10-view/full, SEEDS seeds -> runs/compare/results.md
+compare-zf5: $(STAMP)  ## no-SPP vs SPP single vs SPP multi x center/10-view/full, SEEDS seeds -> runs/compare/results.md
 	@if [ "$(DATA)" = "$(EMBEDDED)" ]; then $(PYTHON) -m train embedded --out $(EMBEDDED); fi
 	$(PYTHON) -m train compare --data $(DATA) --out runs/compare --seeds $(SEEDS) --epochs $(EPOCHS) \
 	  --batch $(BATCH) --lr $(LR)
 
-embedded-voc: .installed  ## generate the embedded VOC-devkit-layout set into $(VOC) (once; 300 trainval + 300 test)
+embedded-voc: $(STAMP)  ## generate the embedded VOC-devkit-layout set into $(VOC) (once; 300 trainval + 300 test)
 	$(PYTHON) -m train embedded --voc --out $(VOC)
 
 $(CKPT):
 	$(MAKE) train-zf5
 
-features-demo: .installed $(CKPT) embedded-voc  ## $(LAYER) features of $(VOC) at s=$(SCALE) ($(VIEW) view) with $(CKPT), SVMs, VOC07 mAP
+features-demo: $(STAMP) $(CKPT) embedded-voc  ## $(LAYER) features of $(VOC) at s=$(SCALE) ($(VIEW) view) with $(CKPT), SVMs, VOC07 mAP
 	for split in trainval test; do \
 	  $(PYTHON) -m train features --checkpoint $(CKPT) --voc $(VOC) --split $$split --layer $(LAYER) \
 	    --scale $(SCALE) --view $(VIEW) --out $(FEAT)/$$split-$(VIEW)-s$(SCALE)-$(LAYER).h5 || exit 1; done
@@ -72,10 +103,10 @@ features-demo: .installed $(CKPT) embedded-voc  ## $(LAYER) features of $(VOC) a
 	$(PYTHON) -m train svm --train $(FEAT)/trainval-$(VIEW)-s$(SCALE)-$(LAYER).h5 \
 	  --test $(FEAT)/test-$(VIEW)-s$(SCALE)-$(LAYER).h5 --json $(FEAT)/svm-$(VIEW)-s$(SCALE)-$(LAYER).json
 
-features-compare: .installed $(CKPT) embedded-voc  ## crop/warp/full at 224 and full at 392 x pool5/spp/fc6/fc7 -> $(FEAT)/results.md
+features-compare: $(STAMP) $(CKPT) embedded-voc  ## crop/warp/full at 224 and full at 392 x pool5/spp/fc6/fc7 -> $(FEAT)/results.md
 	$(PYTHON) -m train features-compare --checkpoint $(CKPT) --voc $(VOC) --out $(FEAT)
 
-detect-demo: .installed $(CKPT) embedded-voc  ## SPP-net detector on $(VOC) with $(CKPT): train, test at 1 and 5 scales, timing vs R-CNN, pictures
+detect-demo: $(STAMP) $(CKPT) embedded-voc  ## SPP-net detector on $(VOC) with $(CKPT): train, test at 1 and 5 scales, timing vs R-CNN, pictures
 	$(PYTHON) -m train proposals --voc $(VOC) --split test --out $(DET) --limit $(DET_LIMIT)
 	$(PYTHON) -m train detect-train --voc $(VOC) --checkpoint $(CKPT) --out $(DET) \
 	  --limit $(DET_LIMIT) --ft-iters $(FT_ITERS)
@@ -89,39 +120,39 @@ detect-demo: .installed $(CKPT) embedded-voc  ## SPP-net detector on $(VOC) with
 	$(PYTHON) -m train detect $$(ls $(VOC)/VOCdevkit/VOC2007/JPEGImages/*.jpg | tail -n 3) \
 	  --model $(DET) --out $(DET)/pictures
 
-test:  ## the whole test suite, gradient checks included (CPU, a few minutes)
-	$(PYTEST) -q
+test: $(STAMP)  ## the whole test suite, gradient checks included (CPU, a few minutes); TESTS=, PYTEST_ARGS= for a part
+	$(PYTEST) -q $(TESTS) $(PYTEST_ARGS)
 
-gradcheck:  ## only the float64 central-difference gradient checks, with the error table
+gradcheck: $(STAMP)  ## only the float64 central-difference gradient checks, with the error table
 	$(PYTEST) -q -m gradcheck
 
 bench: bench-conv bench-lrn bench-pool bench-spp bench-window-spp bench-zf5 bench-features  ## every benchmark vs PyTorch CPU
 
-bench-conv:  ## ZF-5 conv2 (32x96x55x55, 256 5x5/2 pad 1) forward and forward+backward
+bench-conv: $(STAMP)  ## ZF-5 conv2 (32x96x55x55, 256 5x5/2 pad 1) forward and forward+backward
 	$(PYTHON) benchmarks/bench_layers.py conv --repeat $(BENCH_REPEAT)
 
-bench-lrn:  ## LRN size 5 on 32x96x110x110, forward+backward
+bench-lrn: $(STAMP)  ## LRN size 5 on 32x96x110x110, forward+backward
 	$(PYTHON) benchmarks/bench_layers.py lrn --repeat $(BENCH_REPEAT)
 
-bench-pool:  ## max pool 3x3/2 on 32x96x110x110, forward+backward
+bench-pool: $(STAMP)  ## max pool 3x3/2 on 32x96x110x110, forward+backward
 	$(PYTHON) benchmarks/bench_layers.py pool --repeat $(BENCH_REPEAT)
 
-bench-spp:  ## SPP (6,3,2,1) on 32x256x13x13, forward+backward
+bench-spp: $(STAMP)  ## SPP (6,3,2,1) on 32x256x13x13, forward+backward
 	$(PYTHON) benchmarks/bench_layers.py spp --repeat $(BENCH_REPEAT)
 
-bench-window-spp:  ## WindowSPP of 2,000 windows on a 1x256x43x57 map, forward
+bench-window-spp: $(STAMP)  ## WindowSPP of 2,000 windows on a 1x256x43x57 map, forward
 	$(PYTHON) benchmarks/bench_layers.py window_spp --repeat $(BENCH_REPEAT)
 
-bench-zf5:  ## ZF-5 SPP forward and forward+backward, batch 32, 224 and 180, with a per-layer split
+bench-zf5: $(STAMP)  ## ZF-5 SPP forward and forward+backward, batch 32, 224 and 180, with a per-layer split
 	$(PYTHON) benchmarks/bench_nets.py --repeat 3
 
-bench-features:  ## ZF-5 full-image features at s=224 and 392 vs PyTorch, the whole features path, the SVM stage
+bench-features: $(STAMP)  ## ZF-5 full-image features at s=224 and 392 vs PyTorch, the whole features path, the SVM stage
 	$(PYTHON) benchmarks/bench_features.py --images 24 --repeat 3
 
-summary-zf5:  ## print ZF-5's layers, shapes, parameters and MACs at 224 (python -m nets --help for more)
+summary-zf5: $(STAMP)  ## print ZF-5's layers, shapes, parameters and MACs at 224 (python -m nets --help for more)
 	$(PYTHON) -m nets zf5 --spp 6,3,2,1 --size 224
 
-geometry:  ## print the SPP bin truth table where the two forms differ (a = 10, n = 6)
+geometry: $(STAMP)  ## print the SPP bin truth table where the two forms differ (a = 10, n = 6)
 	$(PYTHON) -m minispp.geometry 10 6
 
 clean:  ## remove caches (Numba's compiled kernels included) and build files

@@ -30,7 +30,6 @@ from minispp.embedded import make_voc  # noqa: E402
 from minispp.voc import VOCDataset  # noqa: E402
 from train.features import LayerTaps, extract, view_input  # noqa: E402
 from train.svm import voc_classification  # noqa: E402
-from train.views import normalization  # noqa: E402
 
 try:
     import torch
@@ -62,7 +61,7 @@ def main():
     train_ds = VOCDataset(voc, "trainval")
     ckpt = args.checkpoint or random_checkpoint(os.path.join(tmp, "zf5.h5"), len(train_ds.classes))
     model = nets.load(ckpt)
-    mean, scale = normalization(model.extras, model.meta.get("config", {}).get("mean", "image"))
+    mean, scale = model.input_normalization()
     taps = LayerTaps(model, ["fc7"])
     ref = None
     if torch is not None:

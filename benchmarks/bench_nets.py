@@ -18,6 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import minispp  # noqa: E402,F401  (first: it sets OpenBLAS's thread timeout before NumPy loads)
 import numpy as np  # noqa: E402
 from timing import median_time  # noqa: E402
+from minispp.layer import finite_checks  # noqa: E402
 from minispp.solver import SGD  # noqa: E402
 from nets import build, parse_size, parse_spp  # noqa: E402
 
@@ -36,6 +37,9 @@ def main():
     ap.add_argument("--sizes", default="224,180", help="comma-separated input sizes")
     ap.add_argument("--repeat", type=int, default=3, help="timed runs per side (median)")
     ap.add_argument("--no-layers", action="store_true", help="skip the per-layer breakdown")
+    ap.add_argument("--contract", action="store_true",
+                    help="also time forward+backward with conv1's input gradient (what "
+                         "propagate_down saves) and with the NaN scan of every layer input")
     args = ap.parse_args()
     model = build(args.net, num_classes=1000, spp=parse_spp(args.spp), rng=np.random.default_rng(0))
     ref = torch_net(model) if torch is not None else None
@@ -52,10 +56,11 @@ def main():
         def ours_fwd():
             net.forward(x, train=False)
 
-        def ours_train():
-            model.params.zero_grad()
-            net.loss(x, labels, train=True)
-            net.backward()
+        def ours_train(input_grad=False, scan=False):
+            with finite_checks(scan):         # the trainer runs without the NaN scan
+                model.params.zero_grad()
+                net.loss(x, labels, train=True)
+                net.backward(input_grad=input_grad)
         sgd = SGD(model.params, lr=1e-6)
 
         def ours_step():                      # one whole training step: + the SGD update
@@ -90,6 +95,12 @@ def main():
                         f"training step {B / rst:6.1f} img/s")
             line.append(f"   ratio (time minispp / torch): forward {f / rf:.2f}, forward+backward "
                         f"{fb / rfb:.2f}, training step {st / rst:.2f}")
+        if args.contract:
+            fb_dx = median_time(lambda: ours_train(input_grad=True), args.repeat)
+            fb_scan = median_time(lambda: ours_train(scan=True), args.repeat)
+            line.append(f"   forward+backward also computing d/d image (no propagate_down): "
+                        f"{B / fb_dx:6.1f} img/s, {fb_dx / fb:.3f}x the time; with the NaN scan of "
+                        f"every layer input: {B / fb_scan:6.1f} img/s, {fb_scan / fb:.3f}x the time")
         print("\n".join(line))
         if not args.no_layers:
             prof = net.profile(x, labels)

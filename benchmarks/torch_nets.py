@@ -5,6 +5,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from layers import FC, LRN, SPP, Conv, Dropout, MaxPool, ReLU
+
 
 class TorchSPP(nn.Module):
     """Spatial pyramid pooling with adaptive_max_pool2d (its bins are the Appendix's)."""
@@ -22,29 +24,30 @@ def torch_net(model, upto=None):
     mods, channels, flat = [], 3, None
     dtype = torch.float64 if model.params.dtype == "float64" else torch.float32
     for spec in model.specs[:upto]:
-        a = spec.args
-        if spec.kind == "conv":
-            m = nn.Conv2d(channels, a["filters"], a["size"], a["stride"], a["pad"], dtype=dtype)
-            channels = a["filters"]
-        elif spec.kind == "relu":
+        layer = spec.make()              # the layer's own normalized arguments
+        if spec.is_a(Conv):
+            m = nn.Conv2d(channels, layer.out_channels, layer.kernel, layer.stride, layer.pad,
+                          dtype=dtype)
+            channels = layer.out_channels
+        elif spec.is_a(ReLU):
             m = nn.ReLU()
-        elif spec.kind == "lrn":
-            m = nn.LocalResponseNorm(a["size"], a["alpha"], a["beta"], a["k"])
-        elif spec.kind == "pool":
-            m = nn.MaxPool2d(a["size"], a["stride"], a["pad"], ceil_mode=a["ceil"])
-        elif spec.kind == "spp":
-            m = TorchSPP(a["levels"])
-        elif spec.kind == "dropout":
-            m = nn.Dropout(a["ratio"])
-        elif spec.kind == "fc":
+        elif spec.is_a(LRN):
+            m = nn.LocalResponseNorm(layer.size, layer.alpha, layer.beta, layer.k)
+        elif spec.is_a(MaxPool):
+            m = nn.MaxPool2d(layer.kernel, layer.stride, layer.pad, ceil_mode=layer.ceil_mode)
+        elif spec.is_a(SPP):
+            m = TorchSPP(layer.levels)
+        elif spec.is_a(Dropout):
+            m = nn.Dropout(layer.ratio)
+        elif spec.is_a(FC):
             w = model.params[f"{spec.name}.W"].value
             if flat is None:
                 mods.append(nn.Flatten())
                 flat = True
             m = nn.Linear(w.shape[1], w.shape[0], dtype=dtype)
         else:
-            raise ValueError(spec.kind)
-        if spec.kind in ("conv", "fc"):
+            raise ValueError(f"no PyTorch counterpart for {spec!r}")
+        if spec.is_a(Conv, FC):
             with torch.no_grad():
                 m.weight.copy_(torch.from_numpy(model.params[f"{spec.name}.W"].value))
                 m.bias.copy_(torch.from_numpy(model.params[f"{spec.name}.b"].value))

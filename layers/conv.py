@@ -1,9 +1,12 @@
 """Convolution as im2col + one GEMM (paper Sec. 3.1.1, Table 1: conv1..conv7)."""
 import numpy as np
 
-from minispp.backend import require_cpu
 from minispp.kernels.cpu.im2col import col2im, gemm_to_nchw, im2col, nchw_to_gemm
 from minispp.layer import Layer, as_pair
+
+# The largest im2col buffer a test-time forward builds at once (bytes); larger maps are
+# convolved in bands of output rows (Conv._forward_bands).
+WORKSPACE_BYTES = 256 << 20
 
 
 class Conv(Layer):
@@ -20,13 +23,15 @@ class Conv(Layer):
     Forward: col = im2col(x): (C kh kw, N Ho Wo); Y = W2 @ col with W2 = W.reshape(F, -1).
     Backward: with dY2 = dy as (F, N Ho Wo),
         dW2 = dY2 @ col.T     db = sum of dy over (n, oh, ow)     dcol = W2.T @ dY2
-        dx = col2im(dcol)
+        dx = col2im(dcol)     (skipped when propagate_down is False: a net's conv1)
+    A test-time forward whose col would exceed WORKSPACE_BYTES runs in bands of output rows.
     """
 
     prefix = "conv"
     has_params = True
+    saves = ("col",)
 
-    def __init__(self, out_channels, kernel, stride=1, pad=0, name=None, std=0.01, bias=0.0,
+    def __init__(self, out_channels, kernel, stride=1, pad=0, name=None, std=None, bias=0.0,
                  lr_mult=(1.0, 2.0), decay_mult=(1.0, 0.0)):
         super().__init__(name)
         if int(out_channels) != out_channels or out_channels < 1:
@@ -41,7 +46,6 @@ class Conv(Layer):
         self.pad = as_pair(pad, "pad")
         self.std, self.bias_value = (None if std is None else float(std)), float(bias)
         self.lr_mult, self.decay_mult = lr_mult, decay_mult
-        self.col = None
 
     def create_params(self, in_shape, params, rng):
         kh, kw = self.kernel
@@ -66,36 +70,69 @@ class Conv(Layer):
         _, F, Ho, Wo = self.out_shape
         return F * self.in_shape[1] * self.kernel[0] * self.kernel[1] * Ho * Wo
 
-    def forward(self, x, train=True):
-        require_cpu(x, "Conv")
-        x = self.accept(x)
+    def _forward_cpu(self, x, train=True):
         N, C, H, W = x.shape
         _, F, Ho, Wo = self.out_shape
         (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.pad
+        W2 = self.value_as("W", x.dtype).reshape(F, -1)
+        b = self.value_as("b", x.dtype)
+        rows = self.band_rows(x.dtype)
+        if not train and rows < Ho:
+            return self._forward_bands(x, W2, b, rows)
         col = self.scratch("col", (C * kh * kw, N * Ho * Wo), x.dtype)
         im2col(x, kh, kw, sh, sw, ph, pw, Ho, Wo, col)
-        W2 = self.value_as("W", x.dtype).reshape(F, -1)
         y2 = np.dot(W2, col, out=self.scratch("y2", (F, N * Ho * Wo), x.dtype))
         y = np.empty((N, F, Ho * Wo), x.dtype)
-        gemm_to_nchw(y2, self.value_as("b", x.dtype), y)
-        self.col = col
+        gemm_to_nchw(y2, b, y)
+        self.save(col=col)
         return y.reshape(N, F, Ho, Wo)
 
-    def backward(self, dy):
-        self.require_forward("col")
+    def band_rows(self, dtype):
+        """Output rows per im2col band so that the column buffer stays within
+        WORKSPACE_BYTES: all of them for the usual sizes, fewer for a very large map."""
+        N, C = self.in_shape[:2]
+        Wo = self.out_shape[3]
+        row_bytes = C * self.kernel[0] * self.kernel[1] * N * Wo * np.dtype(dtype).itemsize
+        return max(1, min(self.out_shape[2], WORKSPACE_BYTES // max(1, row_bytes)))
+
+    def _forward_bands(self, x, W2, b, rows):
+        """Test-time forward of a large map in bands of output rows: the input is padded
+        once and each band's im2col covers only the input rows it reads, so memory is
+        bounded by WORKSPACE_BYTES whatever the map's size. Same values as the whole GEMM."""
+        N, C, H, W = x.shape
+        _, F, Ho, Wo = self.out_shape
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.pad
+        xp_ = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+        y = np.empty((N, F, Ho, Wo), x.dtype)
+        col = np.empty((C * kh * kw, N * rows * Wo), x.dtype)
+        out = np.empty((N, F, rows * Wo), x.dtype)
+        for r0 in range(0, Ho, rows):
+            r = min(rows, Ho - r0)
+            band = np.ascontiguousarray(xp_[:, :, r0 * sh:(r0 + r - 1) * sh + kh])
+            c = col[:, :N * r * Wo]
+            im2col(band, kh, kw, sh, sw, 0, 0, r, Wo, c)
+            o = out[:, :, :r * Wo]
+            gemm_to_nchw(W2 @ c, b, o)
+            y[:, :, r0:r0 + r] = o.reshape(N, F, r, Wo)
+        return y
+
+    def _backward_cpu(self, dy, propagate_down=True):
+        col = self.saved.col
+        if col is None:
+            raise RuntimeError(f"{self._who()}: backward needs a train=True forward")
         N, C, H, W = self.in_shape
         _, F, Ho, Wo = self.out_shape
-        if dy.shape != self.out_shape:
-            raise ValueError(f"{self._who()}: dy has shape {dy.shape}, expected {self.out_shape}")
-        dy = np.ascontiguousarray(dy, dtype=self.col.dtype)
+        dy = np.ascontiguousarray(dy, dtype=col.dtype)
         (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.pad
         dy2 = self.scratch("dy2", (F, N * Ho * Wo), dy.dtype)
         db = np.empty(F, dy.dtype)
         nchw_to_gemm(dy.reshape(N, F, Ho * Wo), dy2, db)
-        self.add_grad("W", np.dot(dy2, self.col.T).reshape(F, C, kh, kw))
+        self.add_grad("W", np.dot(dy2, col.T).reshape(F, C, kh, kw))
         self.add_grad("b", db)
+        if not propagate_down:          # a net's first layer: no gradient of the image
+            return None
         W2 = self.value_as("W", dy.dtype).reshape(F, -1)
-        dcol = np.dot(W2.T, dy2, out=self.scratch("dcol", self.col.shape, dy.dtype))
+        dcol = np.dot(W2.T, dy2, out=self.scratch("dcol", col.shape, dy.dtype))
         dx = np.empty(self.in_shape, dy.dtype)
         col2im(dcol, kh, kw, sh, sw, ph, pw, Ho, Wo, dx)
         return dx

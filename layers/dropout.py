@@ -22,9 +22,8 @@ class Dropout(Layer):
             raise ValueError(f"dropout ratio must be in [0, 1), got {ratio!r}")
         self.ratio = float(ratio)
         self.rng = rng
-        self.mask = None
+        self.mask = None           # the current mask (kept by the layer: freeze() reuses it)
         self.frozen = False
-        self._identity = None      # whether the last forward was at test time
 
     def setup(self, in_shape, params=None, rng=None):
         if rng is not None and self.rng is None:
@@ -49,12 +48,7 @@ class Dropout(Layer):
     def unfreeze(self):
         self.frozen = False
 
-    def forward(self, x, train=True, rng=None):
-        """rng: a Generator for this call's mask (else the layer's own)."""
-        x = self.accept(x)
-        if rng is not None:
-            self.rng = rng
-        self._identity = not train
+    def _forward_cpu(self, x, train=True):
         if not train:
             return x.copy()
         if not (self.frozen and self.mask is not None and self.mask.shape == x.shape):
@@ -64,9 +58,7 @@ class Dropout(Layer):
             self.mask = keep.astype(x.dtype) / x.dtype.type(1.0 - self.ratio)
         return x * self.mask.astype(x.dtype, copy=False)
 
-    def backward(self, dy):
-        if self._identity is None:
-            raise RuntimeError(f"{self._who()}: backward called before forward")
-        if self._identity:
+    def _backward_cpu(self, dy, propagate_down=True):
+        if not self._forward_train:          # the last forward was the test-time identity
             return dy.copy()
         return dy * self.mask.astype(dy.dtype, copy=False)

@@ -15,8 +15,9 @@ class FC(Layer):
     prefix = "fc"
     rank = None
     has_params = True
+    saves = ("x2",)
 
-    def __init__(self, out_features, name=None, std=0.005, bias=0.0, lr_mult=(1.0, 2.0),
+    def __init__(self, out_features, name=None, std=None, bias=0.0, lr_mult=(1.0, 2.0),
                  decay_mult=(1.0, 0.0)):
         super().__init__(name)
         if int(out_features) != out_features or out_features < 1:
@@ -24,7 +25,6 @@ class FC(Layer):
         self.out_features = int(out_features)
         self.std, self.bias_value = (None if std is None else float(std)), float(bias)
         self.lr_mult, self.decay_mult = lr_mult, decay_mult
-        self.x2 = None
 
     def create_params(self, in_shape, params, rng):
         D = int(np.prod(in_shape[1:]))
@@ -47,18 +47,18 @@ class FC(Layer):
             raise ValueError(f"{self._who()}: input {shape} has {int(np.prod(shape[1:]))} features "
                              f"per row, the layer was set up for {int(np.prod(self.in_shape[1:]))}")
 
-    def forward(self, x, train=True):
-        x = self.accept(x)
-        self.x2 = x.reshape(x.shape[0], -1)
-        y = self.x2 @ self.value_as("W", x.dtype).T
+    def _forward_cpu(self, x, train=True):
+        x2 = x.reshape(x.shape[0], -1)
+        y = x2 @ self.value_as("W", x.dtype).T
         y += self.value_as("b", x.dtype)
+        self.save(x2=x2)
         return y
 
-    def backward(self, dy):
-        self.require_forward("x2")
-        if dy.shape != self.out_shape:
-            raise ValueError(f"{self._who()}: dy has shape {dy.shape}, expected {self.out_shape}")
-        dy = dy.astype(self.x2.dtype, copy=False)
-        self.add_grad("W", dy.T @ self.x2)
+    def _backward_cpu(self, dy, propagate_down=True):
+        x2 = self.saved.x2
+        dy = dy.astype(x2.dtype, copy=False)
+        self.add_grad("W", dy.T @ x2)
         self.add_grad("b", dy.sum(axis=0))
+        if not propagate_down:
+            return None
         return (dy @ self.value_as("W", dy.dtype)).reshape(self.in_shape)

@@ -1,7 +1,6 @@
 """Local response normalization across channels (Krizhevsky et al.; paper Table 1)."""
 import numpy as np
 
-from minispp.backend import require_cpu
 from minispp.kernels.cpu.lrn import lrn_backward, lrn_forward
 from minispp.layer import Layer
 
@@ -21,6 +20,7 @@ class LRN(Layer):
     """
 
     prefix = "norm"
+    saves = ("x3", "scale", "inv")
 
     def __init__(self, size=5, alpha=1e-4, beta=0.75, k=1.0, name=None):
         super().__init__(name)
@@ -29,14 +29,12 @@ class LRN(Layer):
         if k <= 0 or alpha < 0:
             raise ValueError(f"LRN needs k > 0 and alpha >= 0, got k={k}, alpha={alpha}")
         self.size, self.alpha, self.beta, self.k = int(size), float(alpha), float(beta), float(k)
-        self.saved = None
 
     def infer_shape(self, in_shape):
         return in_shape
 
-    def forward(self, x, train=True):
-        require_cpu(x, "LRN")
-        x = np.ascontiguousarray(self.accept(x))
+    def _forward_cpu(self, x, train=True):
+        x = np.ascontiguousarray(x)
         N, C, H, W = x.shape
         x3 = x.reshape(N, C, H * W)
         y = np.empty_like(x3)
@@ -44,14 +42,11 @@ class LRN(Layer):
         inv = self.scratch("inv", x3.shape, x3.dtype)
         alpha, beta, k = (x.dtype.type(v) for v in (self.alpha, self.beta, self.k))
         lrn_forward(x3, self.size, alpha, beta, k, y, scale, inv)
-        self.saved = (x3, scale, inv)
+        self.save(x3=x3, scale=scale, inv=inv)
         return y.reshape(x.shape)
 
-    def backward(self, dy):
-        self.require_forward("saved")
-        if dy.shape != self.out_shape:
-            raise ValueError(f"{self._who()}: dy has shape {dy.shape}, expected {self.out_shape}")
-        x3, scale, inv = self.saved
+    def _backward_cpu(self, dy, propagate_down=True):
+        x3, scale, inv = self.saved.x3, self.saved.scale, self.saved.inv
         dy3 = np.ascontiguousarray(dy, dtype=x3.dtype).reshape(x3.shape)
         dx, ratio = np.empty_like(x3), self.scratch("ratio", x3.shape, x3.dtype)
         alpha, beta = x3.dtype.type(self.alpha), x3.dtype.type(self.beta)

@@ -1,7 +1,6 @@
 """Max pooling with overlapping windows (paper Table 1: pool 3x3 stride 2, and others)."""
 import numpy as np
 
-from minispp.backend import require_cpu
 from minispp.kernels.cpu.maxpool import max_scatter_backward, maxpool_forward
 from minispp.layer import Layer, as_pair
 
@@ -30,10 +29,13 @@ class MaxPool(Layer):
     ceil_mode: round the output size up (Caffe, cuda-convnet) instead of down.
 
     x: (N, C, H, W) -> y: (N, C, Ho, Wo). Backward sends each dy to the input cell that won
-    the forward max (argmax kept as int32); overlapping windows add up.
+    the forward max (argmax kept as int32 by a train=True forward; see Layer.backward for a
+    backward after a test-time one); overlapping windows add up.
     """
 
     prefix = "pool"
+    saves = ("argmax",)
+    argmax_layer = True
 
     def __init__(self, kernel, stride=None, pad=0, ceil_mode=False, name=None):
         super().__init__(name)
@@ -45,8 +47,6 @@ class MaxPool(Layer):
         if self.pad[0] >= self.kernel[0] or self.pad[1] >= self.kernel[1]:
             raise ValueError(f"pad {pad!r} must be smaller than the kernel {kernel!r}")
         self.ceil_mode = bool(ceil_mode)
-        self.argmax = None
-        self._x_for_argmax = None
 
     def infer_shape(self, in_shape):
         N, C, H, W = in_shape
@@ -57,25 +57,17 @@ class MaxPool(Layer):
             raise ValueError(f"{self._who()}: input {H}x{W}: {err}") from None
         return (N, C, Ho, Wo)
 
-    def forward(self, x, train=True):
-        require_cpu(x, "MaxPool")
-        x = self.accept(x)
+    def _forward_cpu(self, x, train=True):
         y = np.empty(self.out_shape, x.dtype)
         argmax = self.scratch("argmax", self.out_shape if train else (1, 1, 1, 1), np.int32)
         (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.pad
         maxpool_forward(x, kh, kw, sh, sw, ph, pw, y, argmax, train)
-        # at test time no argmax is kept; a backward after it recomputes it from x
-        self.argmax, self._x_for_argmax = (argmax, None) if train else (None, x)
+        self.save(argmax=argmax if train else None)
         return y
 
-    def backward(self, dy):
-        if self.argmax is None:
-            self.require_forward("_x_for_argmax")
-            self.forward(self._x_for_argmax, train=True)
-        if dy.shape != self.out_shape:
-            raise ValueError(f"{self._who()}: dy has shape {dy.shape}, expected {self.out_shape}")
+    def _backward_cpu(self, dy, propagate_down=True):
         N, C, H, W = self.in_shape
         dy = np.ascontiguousarray(dy)
         dx = np.empty((N, C, H * W), dy.dtype)
-        max_scatter_backward(dy.reshape(N, C, -1), self.argmax.reshape(N, C, -1), dx)
+        max_scatter_backward(dy.reshape(N, C, -1), self.saved.argmax.reshape(N, C, -1), dx)
         return dx.reshape(self.in_shape)

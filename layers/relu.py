@@ -12,21 +12,15 @@ class ReLU(Layer):
 
     prefix = "relu"
     rank = None
-
-    def __init__(self, name=None):
-        super().__init__(name)
-        self.y = None
+    saves = ("y",)
 
     def infer_shape(self, in_shape):
         return in_shape
 
-    def forward(self, x, train=True):
-        x = self.accept(x)
-        self.y = np.maximum(x, 0)
-        return self.y
+    def _forward_cpu(self, x, train=True):
+        y = np.maximum(x, 0)
+        self.save(y=y)
+        return y
 
-    def backward(self, dy):
-        self.require_forward("y")
-        if dy.shape != self.y.shape:
-            raise ValueError(f"{self._who()}: dy has shape {dy.shape}, expected {self.y.shape}")
-        return np.where(self.y > 0, dy, 0).astype(dy.dtype, copy=False)
+    def _backward_cpu(self, dy, propagate_down=True):
+        return np.where(self.saved.y > 0, dy, 0).astype(dy.dtype, copy=False)

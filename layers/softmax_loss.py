@@ -14,6 +14,8 @@ class SoftmaxLoss(Layer):
 
     prefix = "loss"
     rank = 2
+    n_inputs = 2          # scores and labels
+    saves = ("probs", "labels")
 
     def __init__(self, name=None):
         super().__init__(name)
@@ -22,8 +24,7 @@ class SoftmaxLoss(Layer):
     def infer_shape(self, in_shape):
         return ()
 
-    def forward(self, scores, labels, train=True):
-        scores = self.accept(scores)
+    def _forward_cpu(self, scores, labels, train=True):
         N, K = scores.shape
         labels = np.asarray(labels)
         if labels.shape != (N,):
@@ -37,17 +38,27 @@ class SoftmaxLoss(Layer):
         if bad.any():
             r = int(np.nonzero(bad)[0][0])
             raise ValueError(f"{self._who()}: label {int(labels[r])} in row {r} is outside [0, {K})")
-        shifted = scores - scores.max(axis=1, keepdims=True)
-        log_z = np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-        log_probs = shifted - log_z
+        log_probs = log_softmax(scores)
         self.probs = np.exp(log_probs)
-        self.labels = labels.astype(np.int64)
-        return float(-log_probs[np.arange(N), self.labels].mean())
+        labels = labels.astype(np.int64)
+        self.save(probs=self.probs, labels=labels)
+        return float(-log_probs[np.arange(N), labels].mean())
 
-    def backward(self, dloss=1.0):
-        self.require_forward("probs")
-        N = self.probs.shape[0]
-        d = self.probs.copy()
-        d[np.arange(N), self.labels] -= 1
+    def _backward_cpu(self, dloss=1.0, propagate_down=True):
+        probs, labels = self.saved.probs, self.saved.labels
+        N = probs.shape[0]
+        d = probs.copy()
+        d[np.arange(N), labels] -= 1
         d *= dloss / N
         return d
+
+
+def log_softmax(scores):
+    """Row-wise log softmax, stable: the row max is subtracted before exp."""
+    shifted = scores - scores.max(axis=1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+
+def softmax(scores):
+    """Row-wise softmax probabilities (the one softmax of minispp)."""
+    return np.exp(log_softmax(scores))

@@ -1,8 +1,7 @@
 """The spatial pyramid pooling layer (paper Sec. 2.2-2.3, Fig. 3, Appendix)."""
 import numpy as np
 
-from minispp.backend import require_cpu
-from minispp.geometry import FORMS
+from minispp.geometry import FORMS, spp_output_length
 from minispp.kernels.cpu.spp import spp_backward, spp_forward
 from minispp.layer import Layer
 from minispp.pyramid import Pyramid, check_levels
@@ -23,6 +22,8 @@ class SPP(Layer):
     """
 
     prefix = "spp"
+    saves = ("argmax",)
+    argmax_layer = True
 
     def __init__(self, levels=(6, 3, 2, 1), form="appendix", name=None):
         super().__init__(name)
@@ -31,12 +32,10 @@ class SPP(Layer):
             raise ValueError(f"unknown SPP bin form {form!r}; expected one of {FORMS}")
         self.form = form
         self.pyramid = None
-        self.argmax = None
-        self._x_for_argmax = None
 
     def infer_shape(self, in_shape):
         N, C, H, W = in_shape
-        return (N, C * sum(n * n for n in self.levels))
+        return (N, spp_output_length(self.levels, C))
 
     def prepare(self, in_shape):
         N, C, H, W = in_shape
@@ -47,25 +46,19 @@ class SPP(Layer):
             raise ValueError(f"{self._who()}: {H}x{W} feature map: {err}") from None
         self.img = np.arange(N, dtype=np.int64)
 
-    def forward(self, x, train=True):
-        require_cpu(x, "SPP")
-        x = np.ascontiguousarray(self.accept(x))
+    def _forward_cpu(self, x, train=True):
+        x = np.ascontiguousarray(x)
         p = self.pyramid
         y = np.empty(self.out_shape, x.dtype)
         argmax = self.scratch("argmax", self.out_shape if train else (1, 1), np.int32)
         spp_forward(x, self.img, *p.bins, p.levels, p.lofs, p.outofs, p.src, p.order, y,
                     argmax, train)
-        self.argmax, self._x_for_argmax = (argmax, None) if train else (None, x)
+        self.save(argmax=argmax if train else None)
         return y
 
-    def backward(self, dy):
-        if self.argmax is None:
-            self.require_forward("_x_for_argmax")
-            self.forward(self._x_for_argmax, train=True)
-        if dy.shape != self.out_shape:
-            raise ValueError(f"{self._who()}: dy has shape {dy.shape}, expected {self.out_shape}")
+    def _backward_cpu(self, dy, propagate_down=True):
         N, C, H, W = self.in_shape
         dx = np.empty((N, C, H * W), dy.dtype)
-        spp_backward(np.ascontiguousarray(dy), self.argmax, self.img, self.pyramid.levels,
+        spp_backward(np.ascontiguousarray(dy), self.saved.argmax, self.img, self.pyramid.levels,
                      self.pyramid.outofs, dx)
         return dx.reshape(self.in_shape)

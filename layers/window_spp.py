@@ -2,8 +2,7 @@
 the detector computes conv5 once per image and pools every proposal from it."""
 import numpy as np
 
-from minispp.backend import require_cpu
-from minispp.geometry import check_cell_windows, window_to_feature_map
+from minispp.geometry import check_cell_windows, spp_output_length, window_to_feature_map
 from minispp.kernels.cpu.spp import spp_backward, spp_forward
 from minispp.layer import Layer
 from minispp.pyramid import Pyramid, check_levels
@@ -24,20 +23,22 @@ class WindowSPP(Layer):
     """
 
     prefix = "window_spp"
+    n_inputs = 2          # the feature map and the windows
+    saves = ("pyramid", "argmax")
+    argmax_layer = True
 
     def __init__(self, levels=(6, 3, 2, 1), feature_stride=None, offset=0.0, name=None):
         super().__init__(name)
         self.levels = check_levels(levels)
         self.feature_stride = feature_stride
         self.offset = float(offset)
-        self.saved = None
 
     def infer_shape(self, in_shape):
         N, C, H, W = in_shape
         if N != 1:
             raise ValueError(f"{self._who()}: pools windows of one image, got a batch of {N} "
                              f"maps {in_shape}")
-        return (0, C * sum(n * n for n in self.levels))   # row count set by each forward
+        return (0, spp_output_length(self.levels, C))   # row count set by each forward
 
     def cells(self, windows):
         """The windows in validated inclusive feature-map cells, (R, 4) int64."""
@@ -50,9 +51,8 @@ class WindowSPP(Layer):
             windows = window_to_feature_map(w, self.feature_stride, (H, W), self.offset)
         return check_cell_windows(windows, (H, W))
 
-    def forward(self, x, windows, train=True):
-        require_cpu(x, "WindowSPP")
-        x = np.ascontiguousarray(self.accept(x))
+    def _forward_cpu(self, x, windows, train=True):
+        x = np.ascontiguousarray(x)
         cells = self.cells(windows)
         p = Pyramid(self.levels, cells, x.shape[1])
         R = len(cells)
@@ -62,18 +62,13 @@ class WindowSPP(Layer):
         spp_forward(x, img, *p.bins, p.levels, p.lofs, p.outofs, p.src, p.order, y, argmax,
                     train)
         self.out_shape = y.shape
-        self.saved = (x, windows, p, img, argmax if train else None)
+        self.save(pyramid=p, argmax=argmax if train else None)
         return y
 
-    def backward(self, dy):
-        self.require_forward("saved")
-        x, windows, p, img, argmax = self.saved
-        if argmax is None:  # forward ran with train=False: find the winners now
-            self.forward(x, windows, train=True)
-            x, windows, p, img, argmax = self.saved
-        if dy.shape != self.out_shape:
-            raise ValueError(f"{self._who()}: dy has shape {dy.shape}, expected {self.out_shape}")
-        _, C, H, W = x.shape
+    def _backward_cpu(self, dy, propagate_down=True):
+        _, C, H, W = self.in_shape
+        p = self.saved.pyramid
         dx = np.empty((1, C, H * W), dy.dtype)
-        spp_backward(np.ascontiguousarray(dy), argmax, img, p.levels, p.outofs, dx)
-        return dx.reshape(x.shape)
+        spp_backward(np.ascontiguousarray(dy), self.saved.argmax, np.zeros(len(dy), np.int64),
+                     p.levels, p.outofs, dx)
+        return dx.reshape(self.in_shape)

@@ -52,10 +52,3 @@ def to_numpy(a):
     if _cupy is not None and isinstance(a, _cupy.ndarray):
         return _cupy.asnumpy(a)
     return np.asarray(a)
-
-
-def require_cpu(x, op):
-    """Raise a clear TypeError when an op that has only a CPU body gets a CuPy array."""
-    if not isinstance(x, np.ndarray):
-        raise TypeError(f"{op}: expected a numpy.ndarray, got {type(x).__module__}."
-                        f"{type(x).__name__}; this op has no GPU body yet")

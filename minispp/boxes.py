@@ -1,5 +1,5 @@
 """Boxes on images: overlap, non-maximum suppression and the bounding-box regression
-parameterization (SPEC.md §6; R-CNN's appendix C, which SPP-net uses).
+parameterization (paper Sec. 4.1; R-CNN's appendix C, which SPP-net uses).
 
 One convention everywhere: a box is (x1, y1, x2, y2) in 0-based pixel coordinates,
 inclusive, so its width is x2 - x1 + 1 (the VOC devkit's, whose XML is the same plus one).

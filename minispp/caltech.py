@@ -1,4 +1,4 @@
-"""Caltech101 in its distributed layout (SPEC.md §5, §7).
+"""Caltech101 in its distributed layout (paper Sec. 3.3; docs/design.md, "Data set layouts").
 
     101_ObjectCategories/<class>/image_0001.jpg
 

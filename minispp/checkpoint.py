@@ -2,19 +2,26 @@
 
 A checkpoint holds a model's parameters, their solver state (momentum, ...), the definition
 that made them (name and arguments, so the model can be rebuilt), free-form metadata (epoch,
-learning rate, random state: JSON), the minispp version and a SHA-256 checksum of the
-parameters. It is written to a temporary file in the same folder, flushed to disk, and
-renamed over the target: a run killed mid-write leaves the previous checkpoint intact.
+learning rate, random state: JSON), the minispp version, a SHA-256 checksum of the
+parameters (the checkpoint's identity, which feature caches record) and a SHA-256 checksum
+of every field that is loaded, so a damaged field is refused by name ("field
+extras/pixel_std fails its checksum") instead of silently changing results. It is written
+to a temporary file in the same folder, flushed to disk, and renamed over the target: a run
+killed mid-write leaves the previous checkpoint intact.
 
 Layout:
     /params/<name>            one dataset per parameter ("conv1.W")
     /state/<name>/<key>       solver state of that parameter
     /extras/<name>            other arrays of the run (the mean image, the colour PCA)
-    attrs: format, minispp_version, definition, definition_args (JSON), checksum, meta (JSON)
+    attrs: format, minispp_version, definition, definition_args (JSON), checksum, meta (JSON),
+           checksums (JSON {field: SHA-256}, fields "params/<name>", "state/<name>/<key>",
+           "extras/<name>", "attrs/<attribute>"; absent in checkpoints written before it,
+           whose parameters alone are verified, with a warning)
 """
 import hashlib
 import json
 import os
+import warnings
 
 import h5py
 import numpy as np
@@ -30,6 +37,24 @@ def checksum(arrays):
         h.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
         h.update(memoryview(a).cast("B"))
     return h.hexdigest()
+
+
+def field_checksum(value):
+    """SHA-256 of one checkpoint field: an array (dtype, shape and bytes) or a string
+    attribute (its UTF-8 bytes)."""
+    h = hashlib.sha256()
+    if isinstance(value, (str, bytes)):
+        h.update(b"str|")
+        h.update(value.encode() if isinstance(value, str) else value)
+        return h.hexdigest()
+    a = np.asarray(value)
+    h.update(f"{a.dtype.str}|{a.shape}|".encode())
+    h.update(np.ascontiguousarray(a).reshape(-1).view(np.uint8))
+    return h.hexdigest()
+
+
+# the string attributes that read_checkpoint loads, each checksummed as "attrs/<name>"
+CHECKED_ATTRS = ("definition", "definition_args", "meta", "minispp_version", "checksum")
 
 
 def atomic_h5(path, write):
@@ -50,6 +75,41 @@ def atomic_h5(path, write):
             os.remove(tmp)
 
 
+def _process_alive(pid):
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:             # someone else's process: alive
+        return True
+    except (OverflowError, ValueError):
+        return False
+    return True
+
+
+def remove_stale_temporaries(folder, names):
+    """Remove the temporary files that atomic_h5 left in folder for the targets `names`
+    (".checkpoint.h5.tmp<pid>") when the process <pid> is gone (killed mid-save; a ZF-5
+    checkpoint's is about 600 MB). A live process's file (a save in progress) is kept.
+    Returns the removed paths."""
+    removed = []
+    folder = os.fspath(folder)
+    if not os.path.isdir(folder):
+        return removed
+    prefixes = {f".{name}.tmp" for name in names}
+    for entry in os.scandir(folder):
+        prefix = next((p for p in prefixes if entry.name.startswith(p)), None)
+        pid = entry.name[len(prefix):] if prefix else ""
+        if not (pid.isdigit() and pid.isascii()) or not entry.is_file(follow_symlinks=False):
+            continue
+        if not _process_alive(int(pid)):
+            os.remove(entry.path)
+            removed.append(entry.path)
+    return sorted(removed)
+
+
 def save_checkpoint(path, params, definition, definition_args, meta=None, version="",
                     extras=None):
     """Write params (values and solver state), the definition, meta and extra arrays to
@@ -57,23 +117,28 @@ def save_checkpoint(path, params, definition, definition_args, meta=None, versio
     values = {p.name: p.value for p in params}
 
     def write(f):
-        f.attrs["format"] = FORMAT
-        f.attrs["minispp_version"] = version
-        f.attrs["definition"] = definition
-        f.attrs["definition_args"] = json.dumps(definition_args)
-        f.attrs["meta"] = json.dumps(meta or {})
-        f.attrs["checksum"] = checksum(values)
+        attrs = {"format": FORMAT, "minispp_version": version, "definition": definition,
+                 "definition_args": json.dumps(definition_args), "meta": json.dumps(meta or {}),
+                 "checksum": checksum(values)}
+        sums = {f"attrs/{name}": field_checksum(attrs[name]) for name in CHECKED_ATTRS}
         g = f.create_group("params")
         s = f.create_group("state")
         for p in params:
             g.create_dataset(p.name, data=p.value)
+            sums[f"params/{p.name}"] = field_checksum(p.value)
             if p.state:
                 sp = s.create_group(p.name)
                 for key, arr in p.state.items():
                     sp.create_dataset(key, data=arr)
+                    sums[f"state/{p.name}/{key}"] = field_checksum(arr)
         e = f.create_group("extras")
         for name, arr in (extras or {}).items():
+            arr = np.asarray(arr)
             e.create_dataset(name, data=arr)
+            sums[f"extras/{name}"] = field_checksum(arr)
+        for name, value in attrs.items():
+            f.attrs[name] = value
+        f.attrs["checksums"] = json.dumps(sums, sort_keys=True)
     atomic_h5(path, write)
 
 
@@ -86,9 +151,34 @@ class Checkpoint:
         self.__dict__.update(fields)
 
 
+def _attr_text(f, name):
+    value = f.attrs[name]
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _verify_fields(path, fields, stored):
+    """Compare every loaded field with its stored checksum; a mismatch, a field without a
+    checksum or a checksummed field that is missing raises ValueError naming the field."""
+    for name in sorted(fields):
+        if name not in stored:
+            raise ValueError(f"checkpoint {path}: field {name} has no checksum (the file was "
+                             f"altered or is corrupt)")
+        actual = field_checksum(fields[name])
+        if actual != stored[name]:
+            raise ValueError(f"checkpoint {path}: field {name} fails its checksum (stored "
+                             f"{str(stored[name])[:12]}..., computed {actual[:12]}...): the "
+                             f"file is corrupt")
+    missing = sorted(set(stored) - set(fields))
+    if missing:
+        raise ValueError(f"checkpoint {path}: field {missing[0]} is missing (the file is "
+                         f"corrupt or truncated)")
+
+
 def read_checkpoint(path):
     """Read and verify a checkpoint. A missing, truncated or corrupt file, a file of another
-    format, or a checksum mismatch raises ValueError naming the file."""
+    format, or a field whose checksum does not match raises ValueError naming the file (and
+    the field). A checkpoint written before per-field checksums has only its parameters
+    verified, and says so once (a warning)."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise ValueError(f"checkpoint {path} does not exist")
@@ -100,21 +190,44 @@ def read_checkpoint(path):
             params = {name: ds[()] for name, ds in f["params"].items()}
             state = {name: {k: ds[()] for k, ds in g.items()} for name, g in f["state"].items()}
             extras = {name: ds[()] for name, ds in f["extras"].items()} if "extras" in f else {}
-            ck = Checkpoint(path, definition=str(f.attrs["definition"]),
-                            definition_args=json.loads(f.attrs["definition_args"]),
-                            meta=json.loads(f.attrs["meta"]),
-                            version=str(f.attrs["minispp_version"]),
-                            checksum=str(f.attrs["checksum"]), params=params, state=state,
-                            extras=extras)
+            attrs = {name: _attr_text(f, name) for name in CHECKED_ATTRS}
+            stored = _attr_text(f, "checksums") if "checksums" in f.attrs else None
     except ValueError:
         raise
     except (OSError, KeyError, RuntimeError) as err:
         raise ValueError(f"checkpoint {path} cannot be read (truncated or corrupt?): {err}") from None
-    actual = checksum(ck.params)
-    if actual != ck.checksum:
-        raise ValueError(f"checkpoint {path}: parameter checksum mismatch (stored "
-                         f"{ck.checksum[:12]}..., computed {actual[:12]}...): the file is corrupt")
-    return ck
+    if stored is not None:
+        try:
+            stored = json.loads(stored)
+        except ValueError:
+            stored = None
+        if not isinstance(stored, dict):
+            raise ValueError(f"checkpoint {path}: its checksums attribute cannot be read (the "
+                             f"file is corrupt)")
+        fields = {f"attrs/{name}": value for name, value in attrs.items()}
+        fields.update({f"params/{name}": a for name, a in params.items()})
+        fields.update({f"state/{name}/{key}": a for name, keys in state.items()
+                       for key, a in keys.items()})
+        fields.update({f"extras/{name}": a for name, a in extras.items()})
+        _verify_fields(path, fields, stored)
+    else:                       # written before per-field checksums: the parameters only
+        actual = checksum(params)
+        if actual != attrs["checksum"]:
+            raise ValueError(f"checkpoint {path}: parameter checksum mismatch (stored "
+                             f"{attrs['checksum'][:12]}..., computed {actual[:12]}...): the "
+                             f"file is corrupt")
+        warnings.warn(f"checkpoint {path} was written before per-field checksums: its "
+                      f"parameters are verified, its solver state, extras (mean image, pixel "
+                      f"std, PCA), definition and meta are not; save it again to checksum them")
+    try:
+        definition_args = json.loads(attrs["definition_args"])
+        meta = json.loads(attrs["meta"])
+    except ValueError as err:
+        raise ValueError(f"checkpoint {path}: definition_args or meta is not valid JSON "
+                         f"({err}): the file is corrupt") from None
+    return Checkpoint(path, definition=attrs["definition"], definition_args=definition_args,
+                      meta=meta, version=attrs["minispp_version"], checksum=attrs["checksum"],
+                      params=params, state=state, extras=extras)
 
 
 def read_weights(path):

@@ -136,29 +136,58 @@ def compose(rng, sources, backgrounds, labels, size):
     return np.clip(canvas + 0.5, 0, 255).astype(np.uint8), boxes
 
 
+PARTIAL_MARKER = ".minispp-embedded-partial"
+
+
 def _generate_once(root, stamp, write):
     """Run write(tmp_folder) and rename tmp_folder to root, unless root already holds a data
     set with this stamp. An interrupted generation is redone, never half-used; a folder made
-    with other arguments, or one that is not ours, is refused."""
+    with other arguments, or one that is not ours, is refused.
+
+    tmp_folder is root + '.partial', marked as ours by a PARTIAL_MARKER file written as soon
+    as it is made. An existing root.partial is deleted only when it carries that marker (an
+    interrupted generation of ours); an empty one is reused; any other is refused, naming it:
+    nothing this program did not make is ever deleted."""
     root = os.fspath(root)
     stamp_path = os.path.join(root, "embedded.json")
+    if os.path.exists(root) and not os.path.isdir(root):
+        raise ValueError(f"{root} exists and is not a folder; choose another --out")
     if os.path.exists(stamp_path):
-        with open(stamp_path) as f:
-            if json.load(f) == stamp:
-                return root
+        try:
+            with open(stamp_path) as f:
+                found = json.load(f)
+        except (OSError, ValueError) as err:
+            raise ValueError(f"{stamp_path} cannot be read ({err}); remove {root} or choose "
+                             f"another folder") from None
+        if found == stamp:
+            return root
         raise ValueError(f"{root} holds an embedded data set made with other arguments "
                          f"({stamp_path}); remove it or choose another folder")
     if os.path.exists(root) and os.listdir(root):
         raise ValueError(f"{root} exists and is not an embedded data set; choose another folder")
-    tmp = root.rstrip("/") + ".partial"
-    if os.path.exists(tmp):
-        shutil.rmtree(tmp)
-    os.makedirs(tmp)
+    tmp = os.path.normpath(root) + ".partial"
+    marker = os.path.join(tmp, PARTIAL_MARKER)
+    if os.path.islink(tmp) or (os.path.exists(tmp) and not os.path.isdir(tmp)):
+        raise ValueError(f"{tmp} exists and is not a folder of an interrupted generation; "
+                         f"remove it or choose another --out")
+    if os.path.isdir(tmp) and os.listdir(tmp):
+        if not os.path.isfile(marker):
+            raise ValueError(f"{tmp} exists and was not made by `minispp embedded` (no "
+                             f"{PARTIAL_MARKER} in it): it is left alone; remove it yourself "
+                             f"or choose another --out")
+        shutil.rmtree(tmp)                 # an interrupted generation of ours: redo it
+    try:
+        os.makedirs(tmp, exist_ok=True)
+        with open(marker, "w") as f:
+            json.dump(stamp, f)
+    except OSError as err:
+        raise ValueError(f"cannot write the data set next to {root}: {err}") from None
     write(tmp)
     with open(os.path.join(tmp, "embedded.json"), "w") as f:
         json.dump(stamp, f, indent=1)
+    os.remove(marker)
     if os.path.exists(root):
-        os.rmdir(root)
+        os.rmdir(root)                     # empty (checked above): the data set takes its place
     os.replace(tmp, root)
     return root
 

@@ -1,5 +1,5 @@
-"""SPP bin geometry and the window-to-feature-map projection (SPEC.md §1, §6; paper Sec. 2.3
-and Appendix).
+"""SPP bin geometry and the window-to-feature-map projection (paper Sec. 2.3 and Appendix;
+docs/design.md, "SPP bins" and "Window projection").
 
 This module is the one place where bin boundaries are computed. Every SPP kernel receives the
 boundaries it needs from here as arrays; no kernel recomputes a bin inline.
@@ -244,7 +244,7 @@ def check_cell_windows(windows, map_shape):
 
 
 def bin_table(size, n):
-    """Text table of both bin forms for one size and level: the truth table of SPEC.md §1."""
+    """Text table of both bin forms for one size and level: the truth table of docs/design.md, "SPP bins"."""
     lines = [f"map size a = {size}, level n = {n}",
              "  appendix: bin i = [floor(i a/n), ceil((i+1) a/n))",
              f"  fixed:    win = ceil(a/n) = {-(-size // n)}, stride = floor(a/n) = {size // n}",
@@ -278,10 +278,26 @@ def main(argv=None):
         print("usage: python -m minispp.geometry SIZE LEVEL\n"
               "Print the SPP bins of one level for a map of SIZE cells in both forms.\n"
               "examples:\n  python -m minispp.geometry 13 6   # the forms agree\n"
-              "  python -m minispp.geometry 10 6   # they differ (SPEC.md §1)")
+              "  python -m minispp.geometry 10 6   # they differ (docs/design.md, 'SPP bins')")
         return 0 if argv and argv[0] in ("-h", "--help") else 2
-    print(bin_table(int(argv[0]), int(argv[1])))
+    try:
+        try:
+            size, level = int(argv[0]), int(argv[1])
+        except ValueError:
+            raise ValueError(f"SIZE and LEVEL must be positive integers, got {argv[0]!r} "
+                             f"{argv[1]!r}") from None
+        _check_size_and_level(size, level)
+        if max(size, level) > MAX_TABLE:
+            raise ValueError(f"SIZE and LEVEL are at most {MAX_TABLE} here (the table has a "
+                             f"row per bin), got {size} {level}")
+        print(bin_table(size, level))
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     return 0
+
+
+MAX_TABLE = 10_000     # the largest SIZE or LEVEL main prints a table for
 
 
 if __name__ == "__main__":

@@ -92,7 +92,7 @@ def check_net(net, x, labels, params, h=1e-4):
     x = np.ascontiguousarray(x, dtype=np.float64)
     params.zero_grad()
     net.loss(x, labels, train=True)
-    dx = net.backward()
+    dx = net.backward(input_grad=True)
     analytic = {"x": dx, **{n: params[n].grad.copy() for n in net.param_names()}}
 
     def f():

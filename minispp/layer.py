@@ -1,18 +1,55 @@
-"""The Layer contract (DESIGN.md, "Layer"), after Caffe's layer lifecycle.
+"""The Layer contract (docs/design.md, "The Layer contract"), a template method after Caffe's
+layer lifecycle: the public ``forward`` and ``backward`` are defined here alone, and each
+layer writes only its bodies.
 
     out_shape = layer.setup(in_shape, params, rng)   # once: create/attach parameters
-    y  = layer.forward(x, train)                       # keeps what backward needs
-    dx = layer.backward(dy)                            # adds parameter gradients to params
+    y  = layer.forward(x, *more, train=True)          # more: labels (SoftmaxLoss), windows (WindowSPP)
+    dx = layer.backward(dy, propagate_down=True)      # adds parameter gradients to params
 
-``setup`` creates the layer's parameters in the shared ``Params`` store (or attaches to them
-when they already exist: another instance of the same model) and precomputes everything that
-depends on the input size (``reshape``). ``forward`` on an input of another size re-runs
-``reshape`` (Caffe's Reshape), so a parameter-free layer may also be used without ``setup``.
+What ``Layer.forward`` owns, in this order: the count of inputs (``n_inputs``), accepting
+the first input (array type, float dtype, rank, channels that fit the parameters; a new
+size re-runs ``reshape``, Caffe's Reshape), the NaN/inf scan (behind one switch,
+``check_finite``), the choice of body by the array type (``_forward_cpu`` for NumPy,
+``_forward_gpu`` for CuPy), and the record of what backward will need: a body stores it with
+``self.save(name=value)`` under names declared in the class's ``saves``, and reads it back as
+``self.saved.name``.
+
+What ``Layer.backward`` owns: backward before forward is an error; a max-type layer
+(``argmax_layer``) whose forward ran at test time kept no argmax, so its inputs were
+retained and forward runs again with ``train=True`` to find the winners; the ``dy`` shape
+check; the choice of body; and ``propagate_down``: when it is False (a net's first layer:
+nothing needs the gradient of the input image) the body may skip computing dx, and
+backward returns None.
+
 No autograd and no graph: a net is a list of layers, and backward walks it in reverse.
 """
+import contextlib
+
 import numpy as np
 
 from .backend import get_array_module
+
+_FLAGS = {"check_finite": True}
+
+
+def check_finite(on=None):
+    """The NaN/inf scan of every layer input: on by default (tests, gradient checks, the
+    data pipelines), switched off by the trainer, where the loss check stops a diverged run.
+    check_finite() tells the setting; check_finite(False) sets it and returns the old one."""
+    old = _FLAGS["check_finite"]
+    if on is not None:
+        _FLAGS["check_finite"] = bool(on)
+    return old
+
+
+@contextlib.contextmanager
+def finite_checks(on):
+    """with finite_checks(False): ... runs without the NaN scan, then restores the setting."""
+    old = check_finite(on)
+    try:
+        yield
+    finally:
+        check_finite(old)
 
 
 def as_pair(v, what):
@@ -33,23 +70,56 @@ class NonFiniteError(ValueError, FloatingPointError):
     run (a FloatingPointError, which the trainer stops on)."""
 
 
+class NoGPUBody(TypeError):
+    """A CuPy array reached a layer that has no GPU body (yet)."""
+
+
 def first_nonfinite(x):
     """Index tuple and value of the first NaN/inf in x (for error messages)."""
     idx = np.argwhere(~np.isfinite(x))[0]
     return tuple(int(i) for i in idx), x[tuple(idx)]
 
 
-class Layer:
-    """Base class: shape bookkeeping, input validation, parameter access.
+class Saved:
+    """What a forward keeps for its backward: only the names the layer declares in
+    ``saves`` may be set, and each starts as None."""
 
-    Subclasses set ``rank`` (4 for NCHW maps, None for any rank >= 2), implement
-    ``infer_shape(in_shape)``, ``forward`` and ``backward``, and optionally
-    ``create_params(in_shape, params, rng)`` and ``prepare(in_shape)``.
+    __slots__ = ("_owner", "_values")
+
+    def __init__(self, owner, names):
+        object.__setattr__(self, "_owner", owner)
+        object.__setattr__(self, "_values", dict.fromkeys(names))
+
+    def __getattr__(self, name):
+        try:
+            return self._values[name]
+        except KeyError:
+            raise AttributeError(f"{self._owner._who()}: {name!r} is not in its declared saves "
+                                 f"{tuple(self._values)}") from None
+
+    def __setattr__(self, name, value):
+        raise AttributeError("use layer.save(name=value)")
+
+    def clear(self):
+        for k in self._values:
+            self._values[k] = None
+
+
+class Layer:
+    """Base class: the public forward/backward, shape bookkeeping, input checks, parameters.
+
+    A subclass sets the class attributes below, implements ``infer_shape(in_shape)``,
+    ``_forward_cpu(x, *more, train)`` and ``_backward_cpu(dy, propagate_down)`` (and the
+    ``_gpu`` pair when it has GPU bodies), and optionally ``create_params(in_shape, params,
+    rng)`` and ``prepare(in_shape)``.
     """
 
-    prefix = "layer"     # auto-name prefix
-    rank = 4             # expected input rank; None: any rank >= 2
+    prefix = "layer"      # auto-name prefix
+    rank = 4              # expected rank of the first input; None: any rank >= 2
     has_params = False
+    n_inputs = 1          # arrays forward takes: x, and (SoftmaxLoss) labels or (WindowSPP) windows
+    saves = ()            # what _forward_* keeps for _backward_* (self.saved.<name>)
+    argmax_layer = False  # max-type: a test-mode forward keeps no argmax (see backward)
 
     def __init__(self, name=None):
         self.name = name
@@ -57,6 +127,70 @@ class Layer:
         self.out_shape = None
         self.params = None
         self.param_names = ()
+        self.saved = Saved(self, self.saves)
+        self._forward_train = None    # train flag of the last forward; None: no forward yet
+        self._retained = None         # inputs of a test-mode forward of an argmax layer
+
+    # -- the public forward and backward ---------------------------------------------------
+    def forward(self, x, *more, train=True):
+        """The layer's output for x (and the extra inputs the layer declares)."""
+        if len(more) != self.n_inputs - 1:
+            raise TypeError(f"{self._who()}.forward takes {self.n_inputs} input(s), got "
+                            f"{1 + len(more)}")
+        x = self.accept(x)
+        self.saved.clear()
+        self._forward_train = None
+        y = self._body("forward", x)(x, *more, train=train)
+        self._forward_train = bool(train)
+        self._retained = (x,) + more if (self.argmax_layer and not train) else None
+        return y
+
+    def backward(self, dy=None, propagate_down=True):
+        """d loss / d input for dy = d loss / d output (parameter gradients are added into
+        the Params store); None when propagate_down is False."""
+        if self._forward_train is None:
+            raise RuntimeError(f"{self._who()}: backward called before forward")
+        if self._retained is not None:       # test-mode forward of a max-type layer
+            retained = self._retained
+            self.forward(*retained, train=True)
+        dy = self.check_dy(dy)
+        dx = self._body("backward", dy)(dy, propagate_down)
+        return dx if propagate_down else None
+
+    def check_dy(self, dy):
+        """dy must have the output's shape (a loss layer takes a scalar, default 1.0)."""
+        if self.out_shape == ():
+            return 1.0 if dy is None else float(dy)
+        if dy is None or tuple(getattr(dy, "shape", ())) != tuple(self.out_shape):
+            raise ValueError(f"{self._who()}: dy has shape {getattr(dy, 'shape', None)}, "
+                             f"expected {self.out_shape}")
+        return dy
+
+    def _body(self, which, x):
+        xp = get_array_module(x)
+        return getattr(self, f"_{which}_{'cpu' if xp is np else 'gpu'}")
+
+    def save(self, **values):
+        """Keep values for backward (names from the class's ``saves``)."""
+        for k, v in values.items():
+            if k not in self.saves:
+                raise AttributeError(f"{self._who()}: {k!r} is not in its declared saves {self.saves}")
+            self.saved._values[k] = v
+
+    # -- bodies ------------------------------------------------------------------------
+    def _forward_cpu(self, x, *more, train=True):
+        raise NotImplementedError(f"{type(self).__name__} must define _forward_cpu")
+
+    def _backward_cpu(self, dy, propagate_down=True):
+        raise NotImplementedError(f"{type(self).__name__} must define _backward_cpu")
+
+    def _forward_gpu(self, x, *more, train=True):
+        raise NoGPUBody(f"{self._who()}: no GPU body for a {type(x).__module__}."
+                        f"{type(x).__name__} input yet; use NumPy arrays (the CPU)")
+
+    def _backward_gpu(self, dy, propagate_down=True):
+        raise NoGPUBody(f"{self._who()}: no GPU body for a {type(dy).__module__}."
+                        f"{type(dy).__name__} gradient yet; use NumPy arrays (the CPU)")
 
     # -- lifecycle ---------------------------------------------------------------------
     def setup(self, in_shape, params=None, rng=None):
@@ -114,7 +248,8 @@ class Layer:
         """Validate an input array and reshape the layer when its size changed.
 
         Raises ValueError for a non-float dtype, a wrong rank, a channel count the parameters
-        do not fit, or a NaN/inf (naming the first bad element).
+        do not fit, or (while ``check_finite()`` is on) a NaN/inf, naming the first bad
+        element. One sum of x finds out whether there is one.
         """
         xp = get_array_module(x)
         if not isinstance(x, xp.ndarray):
@@ -131,7 +266,7 @@ class Layer:
         elif x.shape != self.in_shape:
             self.check_compatible(x.shape)
             self.reshape(x.shape)
-        if not bool(xp.isfinite(x.sum())):
+        if _FLAGS["check_finite"] and not bool(xp.isfinite(x.sum())):
             idx, val = first_nonfinite(x)
             raise NonFiniteError(f"{self._who()}: input has a non-finite value {val} at index {idx}")
         return x
@@ -176,10 +311,6 @@ class Layer:
     def add_grad(self, suffix, g):
         p = self.param(suffix)
         p.grad += g if g.dtype == p.grad.dtype else g.astype(p.grad.dtype)
-
-    def require_forward(self, what):
-        if getattr(self, what, None) is None:
-            raise RuntimeError(f"{self._who()}: backward called before forward")
 
     def __repr__(self):
         return f"{type(self).__name__}(name={self.name!r}, in={self.in_shape}, out={self.out_shape})"

@@ -1,4 +1,4 @@
-"""A net: a list of layers run in order, with a loss layer on top (DESIGN.md, "Net").
+"""A net: a list of layers run in order, with a loss layer on top (docs/design.md, "Net and Model").
 
 No graph and no autograd: forward walks the list, backward walks it in reverse, each layer
 using what its own forward kept. A Net is set up at one fixed input size (like
@@ -38,15 +38,51 @@ class Net:
         self.out_shape = shape
         return shape
 
-    def forward(self, x, train=False):
+    def forward(self, x, train=False, start=None, until=None):
         """x: (N, C, H, W) of the set-up size -> the last layer's output, e.g. scores (N, K).
-        The batch size may differ from the set-up one (the last, smaller batch of an epoch)."""
-        if tuple(x.shape[1:]) != self.in_shape[1:]:
+        The batch size may differ from the set-up one (the last, smaller batch of an epoch).
+
+        start: the name of the first layer to run (x is then that layer's input, e.g. pooled
+        conv5 features for "fc6"); until: the name of the last layer to run (its output is
+        returned, e.g. "relu5" for conv5 maps): Caffe's ForwardFromTo."""
+        h = x
+        for layer, h in self._walk(x, train, start, until):
+            pass
+        return h
+
+    def outputs(self, x, names, train=False, start=None):
+        """{name: output} of the named layers for one forward of x, which stops at the
+        deepest of them (the features stage reads spp5, fc6 and relu7 in one pass)."""
+        wanted = set(names)
+        unknown = wanted - {layer.name for layer in self.layers}
+        if unknown:
+            raise ValueError(f"net {self.name!r} has no layer {sorted(unknown)}; its layers are "
+                             f"{[layer.name for layer in self.layers]}")
+        last = max(self.index(n) for n in wanted)
+        return {layer.name: h for layer, h in self._walk(x, train, start, self.layers[last].name)
+                if layer.name in wanted}
+
+    def index(self, name):
+        """Position of the layer called name."""
+        for i, layer in enumerate(self.layers):
+            if layer.name == name:
+                return i
+        raise ValueError(f"net {self.name!r} has no layer {name!r}; its layers are "
+                         f"{[layer.name for layer in self.layers]}")
+
+    def _walk(self, x, train, start, until):
+        """(layer, its output) for the layers from start through until, in order."""
+        first = 0 if start is None else self.index(start)
+        last = len(self.layers) - 1 if until is None else self.index(until)
+        if first > last:
+            raise ValueError(f"net {self.name!r}: layer {start!r} comes after {until!r}")
+        if first == 0 and tuple(x.shape[1:]) != self.in_shape[1:]:
             raise ValueError(f"net {self.name!r} is set up for input {self.in_shape}, got "
                              f"{tuple(x.shape)}; make an instance of that size")
-        for layer in self.layers:
-            x = layer.forward(x, train=train)
-        return x
+        h = x
+        for layer in self.layers[first:last + 1]:
+            h = layer.forward(h, train=train)
+            yield layer, h
 
     def loss(self, x, labels, train=True):
         """Forward through the layers and the loss layer; return the loss (a float).
@@ -59,16 +95,19 @@ class Net:
             raise FloatingPointError(f"net {self.name!r}: loss is {value}")
         return value
 
-    def backward(self, dloss=1.0):
-        """Backward from the loss through every layer; returns d loss / d input. Parameter
-        gradients are added into the Params store."""
+    def backward(self, dloss=1.0, input_grad=False):
+        """Backward from the loss through every layer. Parameter gradients are added into
+        the Params store. The gradient of the input (the image) is computed only when
+        input_grad is True (a gradient check): otherwise the first layer is told not to
+        propagate down (conv1 skips its dcol GEMM and col2im), and None is returned."""
         d = self.loss_layer.backward(dloss)
-        return self.backward_from(d)
+        return self.backward_from(d, input_grad)
 
-    def backward_from(self, dy):
+    def backward_from(self, dy, input_grad=False):
         """Backward from a gradient of the last layer's output (no loss layer)."""
-        for layer in reversed(self.layers):
-            dy = layer.backward(dy)
+        last = len(self.layers) - 1
+        for i in range(last, -1, -1):
+            dy = self.layers[i].backward(dy, propagate_down=input_grad or i > 0)
         return dy
 
     def param_names(self):

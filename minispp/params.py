@@ -1,4 +1,4 @@
-"""The parameter store shared by every instance of a model (DESIGN.md, "Params").
+"""The parameter store shared by every instance of a model (docs/design.md, "Params").
 
 One ``Params`` holds, for each name such as ``"conv2.W"``, one ``Param``: its value, its
 gradient and its solver state. Net instances built for different input sizes (the 224 net and

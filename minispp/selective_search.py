@@ -1,5 +1,5 @@
 """Selective search, "fast" mode (Uijlings et al., IJCV 2013), the proposals SPP-net's
-detector uses (SPEC.md §6): about 2,000 boxes per VOC-size image.
+detector uses (paper Sec. 4.1): about 2,000 boxes per VOC-size image.
 
 1. Segment the image with Felzenszwalb and Huttenlocher's graph method (scikit-image's
    ``felzenszwalb``, sigma 0.8, min_size = k) in two colour spaces (HSV and Lab) at

@@ -1,4 +1,4 @@
-"""Image transforms of the paper's training and testing (SPEC.md §3-4; Sec. 3.1, Appendix).
+"""Image transforms of the paper's training and testing (paper Sec. 3.1, 3.1.4-3.1.5, Appendix).
 
 Images are uint8 (H, W, 3) RGB until ``to_input``, which makes a float32 (3, h, w) array
 minus the mean. All random choices take a numpy Generator.
@@ -7,6 +7,26 @@ import numpy as np
 from PIL import Image
 
 CROP_POSITIONS = ("center", "top-left", "top-right", "bottom-left", "bottom-right")
+
+# The most elongated image accepted: longer side <= MAX_ASPECT x shorter side. Every view and
+# the detector resize an image so its shorter side is s (Sec. 3.1, 3.2, 4.1), so an image
+# within the bound is at most MAX_ASPECT * s pixels long after resizing and its conv work is
+# at most MAX_ASPECT times a square one's; a 10000 x 20 image at s = 256 would otherwise be
+# 128,000 pixels long (a 4.4 GiB im2col buffer in conv1). ``minispp.imagefolder.load_rgb``
+# refuses a more elongated file (a BadImage naming it: data sets report and skip it like an
+# unreadable file), and resize_min_side refuses such an array.
+MAX_ASPECT = 4
+
+
+def check_aspect(h, w):
+    """ValueError if an h x w image is more elongated than MAX_ASPECT (or empty)."""
+    h, w = int(h), int(w)
+    if min(h, w) < 1:
+        raise ValueError(f"image {h}x{w} has no pixels")
+    if max(h, w) > MAX_ASPECT * min(h, w):
+        raise ValueError(f"image {h}x{w} (height x width) is more elongated than "
+                         f"{MAX_ASPECT}:1 (minispp.transforms.MAX_ASPECT): resized to a shorter "
+                         f"side s it would be {max(h, w) / min(h, w):.0f} x s long")
 
 
 def min_side_shape(h, w, s):
@@ -20,8 +40,12 @@ def min_side_shape(h, w, s):
 
 
 def resize_min_side(img, s):
-    """Resize so the shorter side is s, keeping the aspect ratio (bilinear, antialiased)."""
+    """Resize so the shorter side is s, keeping the aspect ratio (bilinear, antialiased).
+
+    An image more elongated than MAX_ASPECT is refused (ValueError; check_aspect), so the
+    result is at most MAX_ASPECT * s pixels long."""
     h, w = img.shape[:2]
+    check_aspect(h, w)
     if min(h, w) == s:
         return img
     nh, nw = min_side_shape(h, w, s)
@@ -84,11 +108,11 @@ def lighting(img_f, eigvals, eigvecs, rng, std=0.1):
     return img_f + shift.astype(img_f.dtype)
 
 
-def to_input(img, mean, scale=1.0):
-    """uint8 or float (h, w, 3) -> float32 (3, h, w): (img - mean) * scale.
+def to_input(img, mean, pixel_scale=1.0):
+    """uint8 or float (h, w, 3) -> float32 (3, h, w): (img - mean) * pixel_scale.
 
     mean: a (3, H, W) mean image (warped here to the input size when it differs, as the
-    Appendix does) or a scalar such as 128. scale: 1 / the pixels' standard deviation puts
+    Appendix does) or a scalar such as 128. pixel_scale: 1 / the pixels' standard deviation puts
     the input at unit scale (see train.views)."""
     x = np.ascontiguousarray(np.asarray(img, dtype=np.float32).transpose(2, 0, 1))
     if np.ndim(mean) == 0:
@@ -97,8 +121,8 @@ def to_input(img, mean, scale=1.0):
         if mean.shape[1:] != x.shape[1:]:
             mean = warp_mean(mean, x.shape[1], x.shape[2])
         x -= mean
-    if scale != 1.0:
-        x *= np.float32(scale)
+    if pixel_scale != 1.0:
+        x *= np.float32(pixel_scale)
     return x
 
 

@@ -1,4 +1,4 @@
-"""The Pascal VOC devkit layout (SPEC.md §7), read and written.
+"""The Pascal VOC devkit layout (docs/design.md, "Data set layouts"), read and written.
 
     VOCdevkit/VOC2007/JPEGImages/000005.jpg
     VOCdevkit/VOC2007/Annotations/000005.xml
@@ -13,14 +13,20 @@ XML is parsed with the standard library. Image-level labels (the classification 
 from the annotations otherwise.
 
 Boxes here are returned as the XML has them, 1-based inclusive; `object_boxes(..., zero_based=True)`
-gives 0-based inclusive pixels.
+gives 0-based inclusive pixels. A box reaching past the image's <size> is clipped to it with
+a BoxClipped warning naming the file and object; one with no pixel in the image is an error
+naming them. Image ids and class names become file names, so one that is not a plain file
+name (minispp.names: no '/', '\\', '..', NUL, not absolute) is an error naming the list
+file and line.
 """
 import os
+import warnings
 import xml.etree.ElementTree as ET
 
 import numpy as np
 
 from .imagefolder import load_rgb
+from .names import check_name
 
 VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
                "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant",
@@ -53,7 +59,8 @@ def _text(node, tag, path, cast=str, default=None):
 def parse_annotation(path):
     """{'filename', 'width', 'height', 'depth', 'objects': [{'name', 'pose', 'truncated',
     'difficult', 'bbox': (xmin, ymin, xmax, ymax) 1-based inclusive}]} of one XML file.
-    A malformed file, a missing field or an impossible box raises ValueError naming the file."""
+    A malformed file, a missing field or an impossible box raises ValueError naming the file;
+    a box partly outside the image is clipped to it (BoxClipped warning)."""
     try:
         root = ET.parse(path).getroot()
     except ET.ParseError as err:
@@ -68,15 +75,23 @@ def parse_annotation(path):
     ann = {"filename": _text(root, "filename", path),
            "width": _text(size, "width", path, int), "height": _text(size, "height", path, int),
            "depth": _text(size, "depth", path, int, 3), "objects": []}
-    for obj in root.findall("object"):
+    W, H = ann["width"], ann["height"]
+    if W < 1 or H < 1:
+        raise ValueError(f"annotation {path}: image size {W} x {H} is not positive")
+    for number, obj in enumerate(root.findall("object"), 1):
         box = obj.find("bndbox")
         if box is None:
             raise ValueError(f"annotation {path}: an <object> has no <bndbox>")
         # real VOC files have integer boxes; a few tools write "48.0"
-        bbox = tuple(int(round(_text(box, k, path, float))) for k in ("xmin", "ymin", "xmax", "ymax"))
+        values = [_text(box, k, path, float) for k in ("xmin", "ymin", "xmax", "ymax")]
+        if not all(np.isfinite(values)):
+            raise ValueError(f"annotation {path}: object {_text(obj, 'name', path)!r} "
+                             f"(<object> {number}) has box {tuple(values)} with a non-finite value")
+        bbox = tuple(int(round(v)) for v in values)
         if bbox[2] < bbox[0] or bbox[3] < bbox[1]:
             raise ValueError(f"annotation {path}: object {_text(obj, 'name', path)!r} has box "
                              f"{bbox} with xmax < xmin or ymax < ymin")
+        bbox = _inside_image(bbox, W, H, path, _text(obj, "name", path), number)
         ann["objects"].append({
             "name": _text(obj, "name", path).strip().lower(),
             "pose": _text(obj, "pose", path, str, "Unspecified"),
@@ -86,25 +101,54 @@ def parse_annotation(path):
     return ann
 
 
+class BoxClipped(UserWarning):
+    """An annotated box partly outside its image, clipped to it."""
+
+
+def _inside_image(bbox, width, height, path, name, number):
+    """bbox (1-based inclusive) clipped to the width x height image, with a BoxClipped
+    warning naming the file and object when it reached outside; a box with no pixel in the
+    image is a ValueError naming them."""
+    x1, y1, x2, y2 = bbox
+    where = f"annotation {path}: object {name!r} (<object> {number}) has box {bbox}"
+    if x1 > width or y1 > height or x2 < 1 or y2 < 1:
+        raise ValueError(f"{where}, wholly outside the {width} x {height} image "
+                         f"(1-based pixels 1..{width}, 1..{height})")
+    clipped = (max(x1, 1), max(y1, 1), min(x2, width), min(y2, height))
+    if clipped != bbox:
+        warnings.warn(f"{where}, partly outside the {width} x {height} image: clipped to "
+                      f"{clipped}", BoxClipped, stacklevel=3)
+    return clipped
+
+
 def _read_ids(path):
+    """The image ids of a list, first word of each non-blank line; an id that cannot be a
+    file name (minispp.names) is an error naming the list and line."""
     try:
         with open(path) as f:
-            return [line.split()[0] for line in f if line.strip()]
-    except OSError as err:
+            lines = list(f)
+    except (OSError, UnicodeDecodeError) as err:
         raise ValueError(f"image set {path} cannot be read: {err}") from None
+    return [check_name(line.split()[0], f"{path} line {n}")
+            for n, line in enumerate(lines, 1) if line.strip()]
 
 
 def _read_class_list(path, ids):
     """{id: label} from '<id> <label>' lines; every label 1, 0 or -1."""
     out = {}
-    with open(path) as f:
-        for n, line in enumerate(f, 1):
-            parts = line.split()
-            if not parts:
-                continue
-            if len(parts) != 2 or parts[1] not in ("1", "0", "-1"):
-                raise ValueError(f"{path} line {n}: expected '<image id> 1|0|-1', got {line.strip()!r}")
-            out[parts[0]] = int(parts[1])
+    try:
+        with open(path) as f:
+            lines = list(f)
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"class list {path} cannot be read: {err}") from None
+    for n, line in enumerate(lines, 1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) != 2 or parts[1] not in ("1", "0", "-1"):
+            raise ValueError(f"{path} line {n}: expected '<image id> 1|0|-1', got {line.strip()!r}")
+        check_name(parts[0], f"{path} line {n}")
+        out[parts[0]] = int(parts[1])
     missing = [i for i in ids if i not in out]
     if missing:
         raise ValueError(f"{path} has no label for {len(missing)} image(s) of the split, "
@@ -125,6 +169,7 @@ class VOCDataset:
         self.folder = find_year_folder(root, year)
         self.root, self.split, self.year = self.folder, split, year
         main = os.path.join(self.folder, "ImageSets", "Main")
+        check_name(split, f"the split of {self.folder}", "split name")
         set_path = os.path.join(main, f"{split}.txt")
         if not os.path.exists(set_path):
             raise ValueError(f"{self.folder} has no image set {set_path}")
@@ -135,7 +180,11 @@ class VOCDataset:
             suffix = f"_{split}.txt"
             found = sorted(n[:-len(suffix)] for n in os.listdir(main)
                            if n.endswith(suffix) and n != f"{split}.txt")
+            for c in found:
+                check_name(c, os.path.join(main, f"{c}{suffix}"), "class name")
             classes = found or list(VOC_CLASSES)
+        for c in classes:
+            check_name(c, f"the class list of {self.folder}", "class name")
         self.classes = list(classes)
         self._annotations = {}
         self._labels = None

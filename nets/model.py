@@ -10,14 +10,13 @@ from collections import OrderedDict
 import numpy as np
 
 import minispp
-from layers import SoftmaxLoss
+from layers import Conv, MaxPool, ReLU, SoftmaxLoss
 from minispp import Net, Params
 from minispp.checkpoint import read_checkpoint, read_weights, save_checkpoint, write_weights
 from minispp.geometry import receptive_field
 from minispp.layer import as_pair
 
 from .definitions import DEFINITIONS
-from .specs import make_layer
 
 CANONICAL_SIZE = (224, 224)   # the size parameters are created at (Table 1's map sizes)
 MAX_CACHED = 8                # instances kept per model (full images come in many sizes)
@@ -38,6 +37,15 @@ def parse_size(size):
     if h < 1 or w < 1:
         raise ValueError(f"size must be positive, got {size!r}")
     return h, w
+
+
+def input_normalization(extras, mean="image"):
+    """(mean, pixel_scale) of a run from its extra arrays: the network input is
+    (pixels - mean) * pixel_scale, with mean the training set's mean image (mean="image")
+    or a constant (the run's --mean), and pixel_scale 1 / the training pixels' standard
+    deviation (docs/design.md, "Input normalization")."""
+    m = extras["mean_image"] if mean == "image" else float(mean)
+    return m, 1.0 / float(extras["pixel_std"])
 
 
 def parse_spp(text):
@@ -75,27 +83,40 @@ class Model:
     def spp(self):
         return self.args.get("spp")
 
+    def input_normalization(self, mean=None):
+        """(mean, pixel_scale) this model's inputs are normalized with; mean: "image" or a
+        constant to override the run's own (its --mean, kept in the checkpoint)."""
+        return input_normalization(self.extras, mean or self.meta.get("config", {}).get("mean", "image"))
+
     @property
     def trunk_length(self):
         """Number of specs up to and including the last conv layer's ReLU."""
-        last_conv = max(i for i, s in enumerate(self.specs) if s.kind == "conv")
+        last_conv = max(i for i, s in enumerate(self.specs) if s.is_a(Conv))
         follows = self.specs[last_conv + 1] if last_conv + 1 < len(self.specs) else None
-        return last_conv + 2 if follows is not None and follows.kind == "relu" else last_conv + 1
+        return last_conv + 2 if follows is not None and follows.is_a(ReLU) else last_conv + 1
+
+    @property
+    def trunk_channels(self):
+        """Channels of the last conv map (256 for ZF-5's conv5)."""
+        return next(s for s in reversed(self.specs[:self.trunk_length]) if s.is_a(Conv)).kwargs["out_channels"]
+
+    def _trunk_windows(self):
+        """(kernel, stride, pad) of every conv and pooling layer of the trunk, in order."""
+        layers = [s.make() for s in self.specs[:self.trunk_length] if s.is_a(Conv, MaxPool)]
+        return [(layer.kernel[0], layer.stride[0], layer.pad[0]) for layer in layers]
 
     @property
     def feature_stride(self):
         """S of the Appendix: the product of every stride in the conv trunk (16 for ZF-5)."""
         s = 1
-        for spec in self.specs[:self.trunk_length]:
-            s *= spec.args.get("stride", 1)
+        for _, stride, _ in self._trunk_windows():
+            s *= stride
         return s
 
     def feature_geometry(self):
         """(S, offset, receptive field) of the last conv map: cell x' is centred on image
         pixel offset + S x' (minispp.geometry.receptive_field)."""
-        layers = [(s.args["size"], s.args.get("stride", 1), s.args.get("pad", 0))
-                  for s in self.specs[:self.trunk_length] if s.kind in ("conv", "pool")]
-        return receptive_field(layers)
+        return receptive_field(self._trunk_windows())
 
     def _cached(self, key, make):
         if key in self._instances:
@@ -112,7 +133,7 @@ class Model:
         h, w = parse_size(size)
 
         def make():
-            net = Net([make_layer(s) for s in self.specs], loss=SoftmaxLoss(),
+            net = Net([s.make() for s in self.specs], loss=SoftmaxLoss(),
                       name=f"{self.definition}@{h}x{w}")
             try:
                 net.setup((int(batch), 3, h, w), self.params, self.rng)
@@ -139,7 +160,7 @@ class Model:
         h, w = parse_size(size)
 
         def make():
-            net = Net([make_layer(s) for s in self.specs[:self.trunk_length]],
+            net = Net([s.make() for s in self.specs[:self.trunk_length]],
                       name=f"{self.definition}-trunk@{h}x{w}")
             net.setup((int(batch), 3, h, w), self.params, self.rng)
             return net
@@ -161,10 +182,12 @@ class Model:
             a["spp"] = list(a["spp"])
         return a
 
-    def load_state(self, path):
+    def load_state(self, path, checkpoint=None):
         """Load a checkpoint of this same architecture into this model (values and solver
-        state, in place); returns its meta. Another architecture is refused, naming both."""
-        ck = read_checkpoint(path)
+        state, in place); returns its meta. Another architecture is refused, naming both.
+        checkpoint: that file's read_checkpoint result, when the caller already read (and
+        verified) it."""
+        ck = checkpoint if checkpoint is not None else read_checkpoint(path)
         mine = (self.definition, self._args_json())
         theirs = (ck.definition, ck.definition_args)
         if mine != theirs:
@@ -223,5 +246,5 @@ def load(path, rng=None, dtype=None):
     if dtype is None:
         dtype = next(iter(ck.params.values())).dtype
     model = Model(ck.definition, args, rng=rng, dtype=dtype)
-    model.load_state(path)
+    model.load_state(path, checkpoint=ck)        # read and verified once
     return model

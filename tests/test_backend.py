@@ -21,10 +21,15 @@ def test_device_defaults_to_cpu_and_gpu_falls_back_without_one(monkeypatch):
         backend.device()
 
 
-def test_ops_without_a_gpu_body_refuse_other_arrays_clearly():
-    class FakeDeviceArray:
-        pass
-    with pytest.raises(TypeError, match="Conv: expected a numpy.ndarray, got .*FakeDeviceArray"):
-        backend.require_cpu(FakeDeviceArray(), "Conv")
-    assert backend.to_numpy([1, 2]).tolist() == [1, 2]
+def test_layers_pick_the_body_by_array_type_and_refuse_a_missing_gpu_body(monkeypatch):
+    from minispp import layer as layer_module
+    from minispp.layer import NoGPUBody
     assert ReLU().forward(np.array([[-1.0, 3.0]])).tolist() == [[0, 3]]
+
+    class FakeDeviceModule:          # stands for CuPy: its arrays are not NumPy's
+        ndarray = np.ndarray
+        isfinite = staticmethod(np.isfinite)
+    monkeypatch.setattr(layer_module, "get_array_module", lambda *a: FakeDeviceModule)
+    with pytest.raises(NoGPUBody, match="ReLU 'relu': no GPU body"):
+        ReLU().forward(np.array([[-1.0, 3.0]]))
+    assert backend.to_numpy([1, 2]).tolist() == [1, 2]

@@ -52,6 +52,18 @@ def test_image_folder_layout_labels_and_errors(tmp_path):
         ImageFolder(tmp_path / "val2", classes=train.classes)
 
 
+def test_an_empty_class_folder_is_refused_naming_it(tmp_path):
+    img = Image.new("RGB", (4, 4))
+    write_folder(tmp_path / "train", {"dog/1.jpg": img, "cat/notes.txt": b"not an image"})
+    os.makedirs(tmp_path / "train" / "emu")
+    with pytest.raises(ValueError, match=r"class folder .*train.cat has no images"):
+        ImageFolder(tmp_path / "train")
+    os.remove(tmp_path / "train" / "cat" / "notes.txt")
+    os.rmdir(tmp_path / "train" / "cat")
+    with pytest.raises(ValueError, match=r"class folder .*train.emu has no images"):
+        ImageFolder(tmp_path / "train")
+
+
 def test_corrupt_image_names_the_file(tmp_path):
     write_folder(tmp_path, {"a/bad.jpg": b"\xff\xd8\xff\xe0 truncated jpeg"})
     with pytest.raises(BadImage, match="bad.jpg"):
@@ -143,6 +155,36 @@ def test_embedded_data_set_layout_and_determinism(tmp_path):
     assert make_classification(a, seed=3, train_per_class=2, val_per_class=1) == a   # reused
     with pytest.raises(ValueError, match="other arguments"):
         make_classification(a, seed=4, train_per_class=2, val_per_class=1)
+
+
+def test_embedded_never_deletes_a_partial_folder_it_did_not_make(tmp_path, capsys):
+    from train.cli import main
+    mine = tmp_path / "x.partial"
+    os.makedirs(mine)
+    (mine / "thesis.tex").write_text("years of work")
+    assert main(["embedded", "--out", str(tmp_path / "x"), "--train", "1", "--val", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "x.partial exists and was not made by `minispp embedded`" in err
+    assert (mine / "thesis.tex").read_text() == "years of work" and not (tmp_path / "x").exists()
+    from minispp.embedded import PARTIAL_MARKER, _generate_once
+
+    def write(folder):
+        open(os.path.join(folder, "data.txt"), "w").close()
+    stamp = {"seed": 0}
+    # an interrupted generation of ours (marked) is redone; an empty folder is reused
+    ours = tmp_path / "y.partial"
+    os.makedirs(ours)
+    (ours / PARTIAL_MARKER).write_text("{}")
+    (ours / "half.jpg").write_text("")
+    assert _generate_once(tmp_path / "y", stamp, write) == str(tmp_path / "y")
+    assert sorted(os.listdir(tmp_path / "y")) == ["data.txt", "embedded.json"]
+    assert not ours.exists()
+    os.makedirs(tmp_path / "z.partial")
+    _generate_once(tmp_path / "z", stamp, write)
+    assert sorted(os.listdir(tmp_path / "z")) == ["data.txt", "embedded.json"]
+    (tmp_path / "w.partial").write_text("a file")
+    with pytest.raises(ValueError, match="w.partial exists and is not a folder"):
+        _generate_once(tmp_path / "w", stamp, write)
 
 
 def test_embedded_compose_returns_the_object_boxes():

@@ -123,10 +123,9 @@ import sys, time
 import numpy as np, nets
 from minispp.voc import VOCDataset
 from train.det_features import ConvCache
-from train.views import normalization
 ckpt, voc, folder = sys.argv[1:4]
 m = nets.load(ckpt)
-mean, sc = normalization(m.extras)
+mean, sc = m.input_normalization()
 cache = ConvCache(folder, m, (64, 96), mean, sc)
 ds = VOCDataset(voc, "trainval")
 for i in range(len(ds)):
@@ -153,8 +152,7 @@ def test_conv_cache_resumes_after_a_kill_and_refuses_another_model(ckpt, voc, tm
         with h5py.File(p, "r") as f:
             assert set(f["conv5"]) == {"64", "96"}
     model = nets.load(ckpt)
-    from train.views import normalization
-    mean, sc = normalization(model.extras)
+    mean, sc = model.input_normalization()
     ds = VOCDataset(voc, "trainval")
     cache = ConvCache(folder, model, (64, 96), mean, sc)
     fresh = ConvCache(str(tmp_path / "fresh"), model, (64, 96), mean, sc)
@@ -271,15 +269,76 @@ def test_detector_commands_end_to_end(ckpt, voc, tmp_path, capsys):
     n = int(rows["windows through fc6, fc7"][3])
     assert n == len(ProposalCache(os.path.join(out, "proposals"), top=200).get(ds.ids[0], None))
     assert int(rows["windows through fc6, fc7"][0]) <= int(rows["windows through fc6, fc7"][1]) == n
-    from train.det_time import _head_layers, macs_rcnn
+    from train.det_time import macs_rcnn
+    head = det.head(256)
     per_window = sum(l.macs() for l in det.model.trunk((224, 224)).layers) + \
-        sum(l.macs() for l in _head_layers(det))
+        sum(l.macs() for l in head.layers[:head.index(det.feature_layer) + 1])
     assert macs_rcnn(det, n) == n * per_window
     ratio = rows["ratio of multiply-adds (the speed-up at equal efficiency)"]
     assert ratio[3] == "1.0x" and all(float(v[:-1]) > 1 for v in ratio[:3])
     pics = str(tmp_path / "pics")
     img = os.path.join(str(voc), "JPEGImages", f"{ds.ids[0]}.jpg")
     assert main(["detect", img, "--model", out, "--out", pics, "--threshold", "-100"]) == 0
-    assert os.path.getsize(os.path.join(pics, f"{ds.ids[0]}-detections.png")) > 0
-    assert os.path.getsize(os.path.join(pics, f"{ds.ids[0]}-projection.png")) > 0
+    from PIL import Image
+    original = np.asarray(Image.open(img).convert("RGB"))
+    drawn = np.asarray(Image.open(os.path.join(pics, f"{ds.ids[0]}-detections.png")).convert("RGB"))
+    assert drawn.shape == original.shape and (drawn != original).any()   # boxes were drawn
+    proj = np.asarray(Image.open(os.path.join(pics, f"{ds.ids[0]}-projection.png")).convert("RGB"))
+    red = (proj[..., 0] == 255) & (proj[..., 1] == 0) & (proj[..., 2] == 0)
+    green = (proj[..., 0] == 0) & (proj[..., 1] == 220) & (proj[..., 2] == 0)
+    assert red.sum() > 20 and green.sum() > 4      # the window (red) and its cells (green)
     capsys.readouterr()
+
+
+def _untrained_detector(ckpt, folder):
+    """A detector of the small net with random SVMs and no box regressors, saved to
+    folder/detector.h5 without training (what `detect` needs, in a fraction of a second)."""
+    from train.detector import Detector
+    det = Detector(nets.load(ckpt), ["a", "b"], {"scales": (64,), "svm_scales": ((64,),),
+                                                 "proposals": 50, "seed": 0})
+    rng = np.random.default_rng(0)
+    det.svm_w = rng.standard_normal((2, det.feature_dim)).astype(np.float32)
+    det.svm_b = np.zeros(2, np.float32)
+    det.keep_scorer((64,))
+    det.save(os.path.join(folder, "detector.h5"))
+    return str(folder)
+
+
+def test_detect_skips_bad_images_names_tiny_ones_and_keeps_same_names_apart(ckpt, tmp_path, capsys):
+    from PIL import Image
+    model = _untrained_detector(ckpt, tmp_path / "det")
+    rng = np.random.default_rng(3)
+    for sub in ("a", "b"):
+        os.makedirs(tmp_path / sub)
+        Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(tmp_path / sub / "x.jpg")
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    Image.fromarray(np.zeros((1, 1, 3), np.uint8)).save(tmp_path / "dot.png")
+    Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(tmp_path / "X-2.png")
+    pics = tmp_path / "pics"
+    images = [str(tmp_path / p) for p in ("a/x.jpg", "broken.jpg", "b/x.jpg", "dot.png", "X-2.png")]
+    capsys.readouterr()
+    assert main(["detect", *images, "--model", model, "--out", str(pics)]) == 1
+    out, err = capsys.readouterr()
+    assert "broken.jpg" in err and "dot.png" in err and "1 x 1 image" in err
+    assert "2 of 5 images skipped" in err
+    # every readable image drawn, none over another (X-2 after x and x-2: X-2-2)
+    assert sorted(os.listdir(pics)) == sorted(f"{s}-{k}.png" for s in ("x", "x-2", "X-2-2")
+                                               for k in ("detections", "projection"))
+    a, b = (np.asarray(Image.open(pics / f"{s}-detections.png")) for s in ("x", "x-2"))
+    np.testing.assert_array_equal(a[..., 0].shape, (40, 50))
+    assert not np.array_equal(a, b)
+    assert main(["detect", images[0], "--model", model, "--out", str(pics)]) == 0
+    assert main(["detect", images[0], "--model", model, "--out", str(pics), "--top", "-1"]) == 2
+
+
+def test_conv_cache_paths_never_leave_their_folder_and_damage_is_named(ckpt, tmp_path):
+    model = nets.load(ckpt)
+    mean, sc = model.input_normalization()
+    cache = ConvCache(str(tmp_path / "conv"), model, (64,), mean, sc)
+    for bad in ("../../x", "a/b", "..", "/tmp/x", "a\0b"):
+        with pytest.raises(ValueError, match="name"):
+            cache.path(bad)
+    assert not (tmp_path / "x.h5").exists()
+    (tmp_path / "conv" / "identity.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"identity.json is damaged .*delete"):
+        ConvCache(str(tmp_path / "conv"), model, (64,), mean, sc)

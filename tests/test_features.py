@@ -18,10 +18,9 @@ from minispp.embedded import make_voc
 from minispp.feature_cache import CacheMismatch, CacheWriter, cache_info, read_cache
 from minispp.voc import VOCDataset
 from train.cli import main
-from train.features import LayerTaps, extract, view_input
+from train.features import LayerTaps, UnreadableImage, extract, view_input
 from train.svm import (caltech_classification, fit_multilabel, folder_classification,
                        l2_normalize, validation_split, voc_classification)
-from train.views import normalization
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -52,10 +51,10 @@ def test_features_are_the_layer_outputs(ckpt, voc, tmp_path):
     assert r["images"] == r["computed"] == 14
     fs = {k: read_cache(p) for k, p in outs.items()}
     model = nets.load(ckpt)
-    mean, scale = normalization(model.extras)
+    mean, pixel_scale = model.input_normalization()
     ds = VOCDataset(voc, "trainval")
     for i in (0, 9):
-        x = view_input(ds.load(i)[0], "full", 48, mean, scale)[None]
+        x = view_input(ds.load(i)[0], "full", 48, mean, pixel_scale)[None]
         net = model.instance(1, x.shape[2:])
         h = x
         for layer in net.layers:
@@ -152,14 +151,18 @@ def test_cache_from_another_checkpoint_or_other_arguments_is_refused(ckpt, voc, 
         CacheWriter(tmp_path / "u.h5", {"layer": "fc6"}, ["a", "c"], [0, 1], ["x", "y"])
 
 
-def test_unreadable_image_is_flagged_not_fatal(ckpt, voc, tmp_path, capfd):
+def test_unreadable_image_is_an_error_or_flagged_when_skipping(ckpt, voc, tmp_path, capfd):
     import shutil
     copy = tmp_path / "voc"
     shutil.copytree(voc, copy)
     bad = copy / "JPEGImages" / "000016.jpg"            # the second test image
     bad.write_bytes(b"not a jpeg")
     out = {"fc6": str(tmp_path / "fc6.h5")}
-    r = extract(ckpt, "voc", copy, "test", ["fc6"], 48, "full", out, progress=False, shard_size=4)
+    with pytest.raises(UnreadableImage, match="000016.jpg.*--skip-unreadable"):
+        extract(ckpt, "voc", copy, "test", ["fc6"], 48, "full", out, progress=False, shard_size=4)
+    assert not os.path.exists(out["fc6"])
+    r = extract(ckpt, "voc", copy, "test", ["fc6"], 48, "full", out, progress=False, shard_size=4,
+                skip_unreadable=True)               # resumes what the failed run wrote
     assert len(r["skipped"]) == 1 and "000016.jpg" in r["skipped"][0]
     assert "000016.jpg" in capfd.readouterr().err
     fs = read_cache(out["fc6"])
@@ -185,6 +188,219 @@ def test_command_line_features_svm_and_cache_info(ckpt, voc, tmp_path, capsys):
     assert main(["svm", "--train", f"{stem}-trainval-fc6-s48.h5", "--test",
                  f"{stem}-test-spp-s48.h5"]) == 2           # layers differ: refused
     assert "layer: cache has 'spp', asked for 'fc6'" in capsys.readouterr().err
+
+
+# ---- class lists, missing images and bad arguments (issue 17) --------------------------------
+
+def one_line_error(capsys):
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "\n" not in err, err
+    return err
+
+
+def features_cmd(ckpt, voc, split, out, *extra):
+    return ["features", "--checkpoint", ckpt, "--voc", str(voc), "--split", split, "--layer",
+            "fc6", "--scale", "48", "--out", str(out), "--quiet", "--workers", "1", *extra]
+
+
+def test_voc_split_missing_a_class_list_keeps_the_class(ckpt, voc, tmp_path, capsys):
+    import shutil
+    copy = tmp_path / "voc"
+    shutil.copytree(voc, copy)
+    full = VOCDataset(voc, "test")
+    k = int(np.argmax((full.labels() == 1).sum(0)))     # a class present in the test images
+    os.remove(copy / "ImageSets" / "Main" / f"{full.classes[k]}_test.txt")
+    for split in ("trainval", "test"):
+        assert main(features_cmd(ckpt, copy, split, tmp_path / f"{split}.h5")) == 0
+    tr, te = read_cache(tmp_path / "trainval.h5"), read_cache(tmp_path / "test.h5")
+    assert te.classes == tr.classes == full.classes     # the class is kept, in its place
+    assert te.identity["classes"] == full.classes
+    np.testing.assert_array_equal(te.labels, full.labels())  # from the XML where the list is missing
+    capsys.readouterr()
+    assert main(["svm", "--train", str(tmp_path / "trainval.h5"), "--test",
+                 str(tmp_path / "test.h5"), "--C", "1"]) == 0
+    assert f"{full.classes[k]}: AP" in capsys.readouterr().out
+
+
+def write_folder(root, classes, n=3, seed=0):
+    from PIL import Image
+    rng = np.random.default_rng(seed)
+    for c in classes:
+        os.makedirs(root / c, exist_ok=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 255, (40, 52, 3), dtype=np.uint8)).save(root / c / f"{i}.png")
+
+
+def folder_cmd(ckpt, root, split, out):
+    return ["features", "--checkpoint", ckpt, "--folder", str(root), "--split", split,
+            "--layer", "fc6", "--scale", "48", "--out", str(out), "--quiet", "--workers", "1"]
+
+
+def test_folder_split_missing_a_class_is_indexed_by_the_training_classes(ckpt, tmp_path, capsys):
+    write_folder(tmp_path / "d" / "train", ["a", "b", "c"], seed=0)
+    write_folder(tmp_path / "d" / "val", ["a", "c"], seed=1)   # no 'b' in val
+    for split in ("train", "val"):
+        assert main(folder_cmd(ckpt, tmp_path / "d", split, tmp_path / f"{split}.h5")) == 0
+    val = read_cache(tmp_path / "val.h5")
+    assert val.classes == ["a", "b", "c"] and val.labels.tolist() == [0, 0, 0, 2, 2, 2]
+    assert main(["svm", "--train", str(tmp_path / "train.h5"), "--test", str(tmp_path / "val.h5"),
+                 "--C", "1"]) == 0
+    # splits without a train/ folder: each has its own classes, and svm refuses to pair them
+    write_folder(tmp_path / "e" / "one", ["a", "b", "c"], seed=0)
+    write_folder(tmp_path / "e" / "two", ["a", "c"], seed=1)
+    for split in ("one", "two"):
+        assert main(folder_cmd(ckpt, tmp_path / "e", split, tmp_path / f"{split}.h5")) == 0
+    capsys.readouterr()
+    assert main(["svm", "--train", str(tmp_path / "one.h5"), "--test", str(tmp_path / "two.h5"),
+                 "--C", "1"]) == 2
+    err = one_line_error(capsys)
+    assert "different class lists" in err and "only the training cache has ['b']" in err
+
+
+def test_caches_written_before_class_lists_in_the_identity(ckpt, tmp_path, capsys):
+    """Old caches (no class list in the identity) are paired only when their stored class
+    lists agree; otherwise refused with the advice to extract again."""
+    paths = []
+    for name, classes in (("tr", ["x", "y", "z"]), ("te", ["x", "z"])):
+        w = CacheWriter(tmp_path / f"{name}.h5", {"data": "folder", "layer": "fc6", "split": name},
+                        ["i0", "i1", "i2", "i3"], [0, 1, 0, 1], classes, shard_size=4)
+        w.write(0, np.random.default_rng(0).normal(size=(4, 5)), [True] * 4)
+        w.finish()
+        with h5py.File(w.path, "r+") as f:                 # as an older version wrote it
+            ident = json.loads(f.attrs["identity"])
+            del ident["classes"]
+            f.attrs["identity"] = json.dumps(ident)
+        paths.append(w.path)
+    assert main(["svm", "--train", paths[0], "--test", paths[1], "--C", "1"]) == 2
+    err = one_line_error(capsys)
+    assert "different class lists" in err and "extract again" in err
+
+
+def test_missing_voc_image_is_an_error_unless_skip_unreadable(ckpt, voc, tmp_path, capsys):
+    import shutil
+    copy = tmp_path / "voc"
+    shutil.copytree(voc, copy)
+    os.remove(copy / "JPEGImages" / "000016.jpg")      # the second test image
+    out = tmp_path / "test.h5"
+    assert main(features_cmd(ckpt, copy, "test", out)) == 2
+    err = one_line_error(capsys)
+    assert "000016.jpg" in err and "--skip-unreadable" in err
+    assert not os.path.exists(out) and not os.path.exists(str(out) + ".parts")
+    assert main(features_cmd(ckpt, copy, "test", out, "--skip-unreadable")) == 0
+    assert "1 unreadable" in capsys.readouterr().out
+    fs = read_cache(out)
+    assert fs.valid.tolist() == [i != 1 for i in range(8)] and fs.unreadable() == ["000016"]
+    assert fs.provenance["skip_unreadable"] is True
+    assert main(["cache", "info", str(out)]) == 0
+    assert "1 unreadable (skipped, zero rows: 000016)" in capsys.readouterr().out
+    assert main(features_cmd(ckpt, copy, "trainval", tmp_path / "trainval.h5")) == 0
+    res = tmp_path / "r.json"
+    capsys.readouterr()
+    assert main(["svm", "--train", str(tmp_path / "trainval.h5"), "--test", str(out),
+                 "--C", "1", "--json", str(res)]) == 0
+    captured = capsys.readouterr()
+    assert "leaving out 1 image(s) skipped as unreadable at extraction: 000016" in captured.err
+    r = json.loads(res.read_text())
+    assert r["test_skipped"] == ["000016"] and r["train_skipped"] == [] and r["test_images"] == 7
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--scale", "0"], "--scale"), (["--scale", "-48"], "--scale"), (["--scale", "48,0"], "--scale"),
+    (["--batch", "0"], "--batch"), (["--batch", "-2"], "--batch"),
+    (["--workers", "0"], "--workers"), (["--workers", "-1"], "--workers"),
+])
+def test_features_bad_numbers_are_refused_before_anything_is_written(ckpt, voc, tmp_path, capsys,
+                                                                      extra, message):
+    out = tmp_path / "c.h5"
+    assert main(features_cmd(ckpt, voc, "test", out) + extra) == 2
+    assert message in one_line_error(capsys)
+    assert os.listdir(tmp_path) == []                     # no .parts folder to block a rerun
+
+
+def test_features_never_overwrites_a_file_that_is_not_a_feature_cache(ckpt, voc, tmp_path, capsys):
+    import shutil
+    model = tmp_path / "model.h5"
+    shutil.copy(ckpt, model)
+    before = model.read_bytes()
+    assert main(features_cmd(ckpt, voc, "test", model)) == 2
+    assert "not a minispp feature cache" in one_line_error(capsys)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    assert main(features_cmd(ckpt, voc, "test", notes)) == 2
+    assert "refusing to overwrite" in one_line_error(capsys)
+    assert model.read_bytes() == before and notes.read_text() == "mine"
+    assert sorted(os.listdir(tmp_path)) == ["model.h5", "notes.txt"]
+
+
+def test_unfinished_folder_without_shards_does_not_block_a_corrected_command(ckpt, voc, tmp_path):
+    out = str(tmp_path / "c.h5")
+    os.makedirs(out + ".parts")                            # left by an older refused command
+    with open(os.path.join(out + ".parts", "identity.json"), "w") as fh:
+        json.dump({"identity": {"scale": 0, "layer": "fc6"}, "shard_size": 64}, fh)
+    r = extract(ckpt, "voc", voc, "test", ["fc6"], 48, "full", {"fc6": out}, progress=False)
+    assert r["computed"] == 8 and read_cache(out).identity["scale"] == 48
+    assert not os.path.exists(out + ".parts")
+
+
+def test_cache_info_on_parts_and_damaged_shard(ckpt, voc, tmp_path, capsys, monkeypatch):
+    out = str(tmp_path / "c.h5")
+
+    def stop(self):
+        raise RuntimeError("killed before the merge")
+    monkeypatch.setattr(CacheWriter, "finish", stop)
+    with pytest.raises(RuntimeError):
+        extract(ckpt, "voc", voc, "test", ["fc6"], 48, "full", {"fc6": out}, progress=False,
+                shard_size=3, workers=1)
+    monkeypatch.undo()
+    assert main(["cache", "info", out + ".parts"]) == 0
+    assert "UNFINISHED" in capsys.readouterr().out
+    shard = os.path.join(out + ".parts", "shard-000000003.h5")
+    with open(shard, "r+b") as fh:                         # truncated, as a full disk leaves it
+        fh.truncate(100)
+    assert main(features_cmd(ckpt, voc, "test", out)) == 2
+    err = one_line_error(capsys)
+    assert shard in err and "delete" in err
+    os.remove(shard)
+    with open("/proc/sys/kernel/pid_max") as fh:            # a merge killed earlier left this
+        stale = tmp_path / f".c.h5.tmp{int(fh.read()) + 1}"
+    stale.write_bytes(b"x" * 1000)
+    assert main(features_cmd(ckpt, voc, "test", out)) == 0
+    assert read_cache(out).valid.all() and not stale.exists()
+    os.makedirs(tmp_path / "x.h5.parts")                    # no identity.json
+    assert main(["cache", "info", str(tmp_path / "x.h5.parts")]) == 2
+    assert "identity.json" in one_line_error(capsys)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--C", "0"], "--C"), (["--C", "-1"], "--C"), (["--C", "nan"], "--C"),
+    (["--splits", "0"], "--splits"), (["--json", "/nonexistent-folder/r.json"], "does not exist"),
+])
+def test_svm_bad_arguments_are_refused(tmp_path, capsys, extra, message):
+    w = CacheWriter(tmp_path / "c.h5", {"data": "caltech"}, ["a", "b"], [0, 1], ["x", "y"])
+    w.write(0, np.ones((2, 3)), [True, True])
+    w.finish()
+    assert main(["svm", "--train", w.path] + extra) == 2
+    assert message in one_line_error(capsys)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--batch", "0"], "--batch"), (["--workers", "-1"], "--workers"),
+    (["--test-split", "trainval"], "both 'trainval'"),
+])
+def test_features_compare_bad_arguments_are_refused(ckpt, voc, tmp_path, capsys, extra, message):
+    out = tmp_path / "cmp"
+    assert main(["features-compare", "--checkpoint", ckpt, "--voc", str(voc), "--out", str(out),
+                 "--quiet"] + extra) == 2
+    assert message in one_line_error(capsys)
+    assert not out.exists()
+
+
+def test_svm_refuses_the_same_images_for_training_and_testing(tmp_path, capsys):
+    w = CacheWriter(tmp_path / "c.h5", {"data": "folder"}, ["a", "b"], [0, 1], ["x", "y"])
+    w.write(0, np.ones((2, 3)), [True, True])
+    w.finish()
+    assert main(["svm", "--train", w.path, "--test", w.path]) == 2
+    assert "hold the same images" in one_line_error(capsys)
 
 
 # ---- the SVM stage on synthetic caches -----------------------------------------------------

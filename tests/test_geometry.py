@@ -1,4 +1,4 @@
-"""SPP bin geometry (SPEC.md §1) and the window projection (Appendix)."""
+"""SPP bin geometry (docs/design.md, "SPP bins") and the window projection (Appendix)."""
 import subprocess
 import sys
 
@@ -20,7 +20,7 @@ def test_spp_bins_fixed_form_equals_appendix_at_a13():
 
 
 def test_spp_bins_fixed_form_differs_from_appendix_at_a10():
-    # SPEC.md §1: win 2, stride 1, six windows cover only columns 0..6
+    # Sec. 2.3 form: win 2, stride 1, six windows cover only columns 0..6
     assert spp_bins(10, 6, "fixed") == [(0, 2), (1, 3), (2, 4), (3, 5), (4, 6), (5, 7)]
     assert spp_bins(10, 6, "appendix") == [(0, 2), (1, 4), (3, 5), (5, 7), (6, 9), (8, 10)]
     covered = {c for a, b in spp_bins(10, 6, "fixed") for c in range(a, b)}

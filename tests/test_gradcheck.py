@@ -167,16 +167,16 @@ def test_whole_small_net_gradients(rng, record_gradcheck):
 class HalfBackwardLRN(LRN):
     """LRN whose backward forgets the cross-channel term: a plausible bug."""
 
-    def backward(self, dy):
-        x3, scale, inv = self.saved
+    def _backward_cpu(self, dy, propagate_down=True):
+        x3, inv = self.saved.x3, self.saved.inv
         return (dy.reshape(x3.shape) * inv).reshape(self.in_shape)
 
 
 class OffByOneConv(Conv):
     """Conv whose weight gradient is scaled wrongly."""
 
-    def backward(self, dy):
-        dx = super().backward(dy)
+    def _backward_cpu(self, dy, propagate_down=True):
+        dx = super()._backward_cpu(dy, propagate_down)
         self.param("W").grad *= 1.01
         return dx
 

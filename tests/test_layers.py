@@ -5,6 +5,7 @@ import pytest
 from conftest import distinct
 from layers import FC, LRN, SPP, Conv, Dropout, MaxPool, ReLU, SoftmaxLoss, WindowSPP
 from minispp import Params
+from minispp.geometry import spp_bins
 
 
 # -- hand-computed cases ---------------------------------------------------------------
@@ -147,6 +148,31 @@ def test_spp_hand_computed_layout():
     x = np.stack([np.arange(16.0), 100 - np.arange(16.0)]).reshape(1, 2, 4, 4)
     y = SPP(levels=(2, 1)).forward(x)
     assert y.tolist() == [[5, 7, 13, 15, 100, 98, 92, 90, 15, 100]]
+
+
+def spp_reference(x, levels, form):
+    """The SPP forward written plainly from geometry.spp_bins: for each level, each bin's
+    max over its rows and columns, laid out level by level, channel-major (C, n, n)."""
+    N, C, H, W = x.shape
+    out = []
+    for n in levels:
+        rows, cols = spp_bins(H, n, form), spp_bins(W, n, form)
+        level = np.empty((N, C, n, n), x.dtype)
+        for i, (r0, r1) in enumerate(rows):
+            for j, (c0, c1) in enumerate(cols):
+                level[:, :, i, j] = x[:, :, r0:r1, c0:c1].max(axis=(2, 3))
+        out.append(level.reshape(N, -1))
+    return np.concatenate(out, axis=1)
+
+
+@pytest.mark.parametrize("shape, levels, form", [((2, 3, 13, 13), (6, 3, 2, 1), "appendix"),
+                                                 ((1, 4, 10, 7), (6, 3, 2, 1), "appendix"),
+                                                 ((2, 2, 5, 3), (4, 2, 1), "appendix"),
+                                                 ((1, 3, 13, 13), (6, 3, 2, 1), "fixed"),
+                                                 ((2, 2, 10, 10), (4, 3, 2, 1), "fixed")])
+def test_spp_forward_matches_a_numpy_reference_built_from_spp_bins(rng, shape, levels, form):
+    x = rng.standard_normal(shape)
+    np.testing.assert_array_equal(SPP(levels, form=form).forward(x), spp_reference(x, levels, form))
 
 
 def test_spp_backward_overlapping_bins_add():

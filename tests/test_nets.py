@@ -1,4 +1,4 @@
-"""The paper's networks (SPEC.md §2, Table 1), fixed-size instances sharing one Params store,
+"""The paper's networks (paper Sec. 3.1.1, Table 1), fixed-size instances sharing one Params store,
 summaries, checkpoints and weight files."""
 import os
 import signal
@@ -169,8 +169,109 @@ def test_corrupted_values_fail_the_checksum(tmp_path):
     model.save(path)
     with h5py.File(path, "r+") as f:
         f["params"]["fc8.b"][0] += 1
-    with pytest.raises(ValueError, match="small.h5: parameter checksum mismatch"):
+    with pytest.raises(ValueError, match="small.h5: field params/fc8.b fails its checksum"):
         load(path)
+
+
+def flip_bit(a, bit):
+    """a copy of a float32 array (or scalar) with one bit of its first value flipped"""
+    a = np.array(a, dtype=np.float32)
+    a.reshape(-1).view(np.uint32)[0] ^= np.uint32(1 << bit)
+    return a
+
+
+def save_small_run(path):
+    """a small model saved as training saves it: solver state, extras, meta"""
+    model = build("small", rng=np.random.default_rng(0))
+    for p in model.params:
+        p.state["momentum"] = np.full_like(p.value, 0.25)
+    rng = np.random.default_rng(1)
+    extras = {"mean_image": rng.random((3, 8, 8)).astype(np.float32) * 255,
+              "pixel_std": np.float32(60.5), "pca_eigvals": np.float32([900, 40, 5]),
+              "pca_eigvecs": np.eye(3, dtype=np.float32)}
+    model.save(path, meta={"epoch": 3, "lr": 0.01, "config": {"mean": "image"}}, extras=extras)
+    return model
+
+
+def set_dataset(name, value):
+    def edit(f):
+        f[name][...] = value
+    return edit
+
+
+def set_attr(name, value):
+    def edit(f):
+        f.attrs[name] = value
+    return edit
+
+
+CORRUPTIONS = {   # field -> an edit of the saved file that changes only that field
+    "params/conv1.W": lambda f: set_dataset("params/conv1.W", flip_bit(f["params/conv1.W"][()], 30))(f),
+    "state/fc6.W/momentum": lambda f: set_dataset("state/fc6.W/momentum",
+                                                  flip_bit(f["state/fc6.W/momentum"][()], 3))(f),
+    "extras/pixel_std": lambda f: set_dataset("extras/pixel_std", flip_bit(f["extras/pixel_std"][()], 23))(f),
+    "extras/mean_image": lambda f: set_dataset("extras/mean_image", flip_bit(f["extras/mean_image"][()], 0))(f),
+    "extras/pca_eigvecs": lambda f: set_dataset("extras/pca_eigvecs", np.eye(3, dtype=np.float32)[::-1])(f),
+    "attrs/definition": set_attr("definition", "zf5"),
+    "attrs/definition_args": set_attr("definition_args", '{"num_classes": 5, "spp": [3, 2, 1], "form": "appendix"}'),
+    "attrs/meta": set_attr("meta", '{"epoch": 4, "lr": 0.01, "config": {"mean": "image"}}'),
+    "attrs/minispp_version": set_attr("minispp_version", "9.9.9"),
+    "attrs/checksum": set_attr("checksum", "0" * 64),
+}
+
+
+@pytest.mark.parametrize("field", sorted(CORRUPTIONS))
+def test_every_loaded_field_is_checksummed_and_named_when_corrupt(tmp_path, field):
+    path = tmp_path / "run.h5"
+    save_small_run(path)
+    loaded = load(path)                                        # intact: loads, every field
+    assert loaded.meta["epoch"] == 3 and loaded.extras["pixel_std"] == np.float32(60.5)
+    with h5py.File(path, "r+") as f:
+        CORRUPTIONS[field](f)
+    with pytest.raises(ValueError, match=f"run.h5: field {field} fails its checksum"):
+        load(path)
+    with pytest.raises(ValueError, match=f"field {field} fails"):
+        read_checkpoint(path)
+
+
+def test_a_removed_or_added_field_is_refused(tmp_path):
+    path = tmp_path / "run.h5"
+    save_small_run(path)
+    with h5py.File(path, "r+") as f:
+        del f["extras/pca_eigvals"]
+    with pytest.raises(ValueError, match="run.h5: field extras/pca_eigvals is missing"):
+        load(path)
+    save_small_run(path)
+    with h5py.File(path, "r+") as f:
+        f["extras"].create_dataset("pixel_std2", data=np.float32(1))
+    with pytest.raises(ValueError, match="run.h5: field extras/pixel_std2 has no checksum"):
+        load(path)
+    save_small_run(path)
+    with h5py.File(path, "r+") as f:
+        f.attrs["checksums"] = '{"params/conv1.W": '           # cut short
+    with pytest.raises(ValueError, match="run.h5: its checksums attribute cannot be read"):
+        load(path)
+
+
+def test_checkpoints_without_field_checksums_still_load_with_a_warning(tmp_path):
+    path = tmp_path / "old.h5"
+    model = save_small_run(path)
+    with h5py.File(path, "r+") as f:                          # as written before the change
+        del f.attrs["checksums"]
+    with pytest.warns(UserWarning, match="old.h5 was written before per-field checksums: its "
+                                         "parameters are verified, its solver state, extras"):
+        loaded = load(path)
+    assert loaded.checksum == model_checksum(model)           # the identity is unchanged
+    np.testing.assert_array_equal(loaded.params["conv1.W"].value, model.params["conv1.W"].value)
+    with h5py.File(path, "r+") as f:                          # what it has is still verified
+        f["params/fc8.b"][0] += 1
+    with pytest.raises(ValueError, match="old.h5: parameter checksum mismatch"):
+        load(path)
+
+
+def model_checksum(model):
+    from minispp.checkpoint import checksum
+    return checksum({p.name: p.value for p in model.params})
 
 
 def test_loading_another_architecture_is_refused(tmp_path):

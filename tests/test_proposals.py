@@ -75,7 +75,8 @@ def test_rcnn_mat_files_in_both_cell_layouts(tmp_path):
 def test_npz_npy_and_hdf5_proposals(tmp_path):
     d = {"a": np.array([[0, 0, 9, 9]], float), "b": np.array([[1, 2, 3, 4], [5, 5, 8, 9]], float)}
     np.savez(tmp_path / "p.npz", **d)
-    np.save(tmp_path / "p.npy", np.array(d, dtype=object), allow_pickle=True)
+    rows = [(k, b) for k, boxes in d.items() for b in boxes]       # the documented .npy layout
+    np.save(tmp_path / "p.npy", np.array(rows, dtype=[("image", "U8"), ("box", "f8", (4,))]))
     with h5py.File(tmp_path / "p.h5", "w") as f:
         for k, v in d.items():
             f[k] = v
@@ -119,3 +120,99 @@ def test_fill_in_worker_processes_stores_what_one_process_computes(scenes, tmp_p
         np.testing.assert_array_equal(got, want)
     cache.fill(ids, paths, jobs=2, progress=done.append)     # nothing missing: nothing runs
     assert done == [1, 1]
+
+
+class _Touch:
+    """Unpickling this calls open(marker, "w"): the file appears if anything unpickles it."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_pickled_proposal_files_are_never_unpickled(tmp_path):
+    marker = tmp_path / "ran"
+    import pickle
+    np.save(tmp_path / "obj.npy", np.array({"a": _Touch(marker)}, dtype=object), allow_pickle=True)
+    with open(tmp_path / "raw.npy", "wb") as f:                 # a bare pickle named .npy
+        pickle.dump({"a": _Touch(marker)}, f)
+    np.savez(tmp_path / "obj.npz", a=np.array([_Touch(marker)], dtype=object))
+    for name in ("obj.npy", "raw.npy", "obj.npz"):
+        with pytest.raises(ValueError, match=rf"{name}.*never unpickles"):
+            load_proposals(tmp_path / name)
+        assert not marker.exists()
+    # the documented layout with byte-string ids; a plain numeric array is not it
+    rows = np.array([(b"000001", [1, 2, 3, 4])], dtype=[("image", "S6"), ("box", "i4", (4,))])
+    np.save(tmp_path / "s.npy", rows)
+    assert load_proposals(tmp_path / "s.npy")["000001"].tolist() == [[1, 2, 3, 4]]
+    np.save(tmp_path / "plain.npy", np.zeros((3, 4)))
+    with pytest.raises(ValueError, match="plain.npy holds a float64 array.*fields image"):
+        load_proposals(tmp_path / "plain.npy")
+
+
+def test_files_that_are_not_proposals_are_named(tmp_path, scenes, capsys):
+    from conftest import save_small
+    ckpt = save_small(tmp_path / "ckpt.h5")
+    with pytest.raises(ValueError, match=r"ckpt.h5 is not a proposal file: /extras is a group"):
+        load_proposals(ckpt)
+    with h5py.File(tmp_path / "flat.h5", "w") as f:
+        f["000001"] = np.zeros(10)
+    with pytest.raises(ValueError, match=r"flat.h5 is not a proposal file: /000001 .* shape \(10,\)"):
+        load_proposals(tmp_path / "flat.h5")
+    np.savez(tmp_path / "flat.npz", a=np.zeros((2, 5)))
+    with pytest.raises(ValueError, match=r"flat.npz: image 'a' .* shape \(2, 5\)"):
+        load_proposals(tmp_path / "flat.npz")
+    (tmp_path / "junk.h5").write_bytes(b"not hdf5 at all")
+    with pytest.raises(ValueError, match="cannot read .*junk.h5 as HDF5"):
+        load_proposals(tmp_path / "junk.h5")
+    from train.cli import main
+    voc = scenes.folder
+    capsys.readouterr()
+    assert main(["proposals", "--voc", voc, "--split", "trainval", "--out", str(tmp_path / "o"),
+                 "--file", ckpt]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "ckpt.h5" in err and err.count("\n") == 1
+    assert main(["proposals", "--voc", voc, "--out", str(tmp_path / "o"), "--top", "0"]) == 2
+    assert "--top must be at least 1" in capsys.readouterr().err
+
+
+def test_a_damaged_cache_file_is_named_with_how_to_recover(tmp_path, monkeypatch):
+    monkeypatch.setattr(ss, "selective_search", lambda img, seed, top: np.array([[0, 0, 4, 4]], float))
+    cache = ProposalCache(tmp_path / "props")
+    img = np.zeros((8, 8, 3), np.uint8)
+    cache.get("000001", lambda: img)
+    p = tmp_path / "props" / "000001.h5"
+    p.write_bytes(p.read_bytes()[:100])                        # truncated
+    with pytest.raises(ValueError, match=r"proposal cache .*000001.h5 is damaged .*delete it"):
+        ProposalCache(tmp_path / "props").get("000001", lambda: img)
+    with pytest.raises(ValueError, match=r"000001.h5 is damaged"):
+        ProposalCache(tmp_path / "props").fill(["000001"], ["unused.jpg"], jobs=1)
+    p.unlink()                                                 # the advice works
+    assert ProposalCache(tmp_path / "props").get("000001", lambda: img).tolist() == [[0, 0, 4, 4]]
+    with h5py.File(p, "w") as f:                               # an HDF5 file of another kind
+        f.attrs["seed"], f.attrs["top"] = 0, 2000
+    with pytest.raises(ValueError, match=r"000001.h5 is damaged"):
+        ProposalCache(tmp_path / "props").get("000001", lambda: img)
+
+
+def test_cache_paths_never_leave_their_folder(tmp_path):
+    cache = ProposalCache(tmp_path / "props")
+    for bad in ("../x", "a/b", "..", "", "/tmp/x", "a\\b", "a\0b"):
+        with pytest.raises(ValueError, match="image id|name"):
+            cache.path(bad)
+    assert cache.path("2008_000001") == str(tmp_path / "props" / "2008_000001.h5")
+
+
+def test_an_unreadable_image_in_worker_processes_is_named(tmp_path):
+    import pickle
+    from minispp.imagefolder import BadImage
+    err = pickle.loads(pickle.dumps(BadImage("x.jpg", "truncated")))
+    assert str(err) == "cannot read image x.jpg: truncated" and err.path == "x.jpg"
+    (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    from PIL import Image
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(tmp_path / "ok.jpg")
+    cache = ProposalCache(tmp_path / "props", top=50)
+    with pytest.raises(ValueError, match=r"cannot read image .*bad.jpg"):   # not BrokenProcessPool
+        cache.fill(["a", "b"], [str(tmp_path / "ok.jpg"), str(tmp_path / "bad.jpg")], jobs=2)

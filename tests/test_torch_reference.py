@@ -146,7 +146,7 @@ def test_whole_networks_match_torch_with_the_same_weights(tmp_path, name, spp, s
     scores = net.forward(x, train=False)
     loss = net.loss_layer.forward(scores, labels)
     model.params.zero_grad()
-    dx = net.backward_from(net.loss_layer.backward())
+    dx = net.backward_from(net.loss_layer.backward(), input_grad=True)
     xt = torch.tensor(x, requires_grad=True)
     st = ref(xt)
     lt = F.cross_entropy(st, torch.tensor(labels))

@@ -221,3 +221,74 @@ def test_voc07_ap_from_a_curve_and_the_mean():
     assert r["no_positives"] == ["b"] and r["mAP"] == pytest.approx(1.0)
     with pytest.raises(ValueError, match="row 1 is 2"):
         classification_ap([1, 2], [1, 2])
+
+
+# ---- hostile data: names that would become paths outside their folder, boxes off the image ------
+
+def test_traversal_ids_are_refused_naming_the_list_and_line(tmp_path, capsys):
+    from train.cli import main
+    folder = write_devkit(str(tmp_path / "voc"))
+    # JPEGImages/<id>.jpg and OUT/proposals/<id>.h5 would both land in tmp_path/evil
+    evil = "../../../../evil/pic"
+    os.makedirs(tmp_path / "evil")
+    Image.fromarray(np.zeros((40, 50, 3), np.uint8)).save(tmp_path / "evil" / "pic.jpg")
+    with open(os.path.join(folder, "ImageSets", "Main", "trainval.txt"), "a") as f:
+        f.write(f"{evil}\n")
+    out = tmp_path / "a" / "b" / "out"
+    before = sorted(os.listdir(tmp_path))
+    assert main(["proposals", "--voc", folder, "--split", "trainval", "--out", str(out),
+                 "--jobs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "trainval.txt line 4" in err and "'../../../../evil/pic'" in err
+    assert os.listdir(tmp_path / "evil") == ["pic.jpg"]            # nothing written outside
+    assert sorted(os.listdir(tmp_path)) == before
+    for bad in ("/etc/passwd", "..", "a\\b"):
+        with open(os.path.join(folder, "ImageSets", "Main", "trainval.txt"), "w") as f:
+            f.write(f"000005\n{bad}\n")
+        with pytest.raises(ValueError, match=r"trainval.txt line 2: image id"):
+            VOCDataset(folder, "trainval")
+    with open(os.path.join(folder, "ImageSets", "Main", "trainval.txt"), "w") as f:
+        f.write("".join(f"{i}\n" for i in IMAGES))
+    with open(os.path.join(folder, "ImageSets", "Main", "car_trainval.txt"), "a") as f:
+        f.write("../x 1\n")
+    with pytest.raises(ValueError, match=r"car_trainval.txt line 4: image id '../x'"):
+        VOCDataset(folder, "trainval").labels()
+
+
+def test_bad_class_names_are_refused(tmp_path):
+    folder = write_devkit(str(tmp_path))
+    main = os.path.join(folder, "ImageSets", "Main")
+    with pytest.raises(ValueError, match="class name '../car'"):
+        VOCDataset(folder, "trainval", classes=["../car", "dog"])
+    open(os.path.join(main, "_trainval.txt"), "w").close()     # a class named ''
+    with pytest.raises(ValueError, match=r"_trainval.txt: class name '' is empty"):
+        VOCDataset(folder, "trainval")
+
+
+def test_boxes_outside_the_image_are_clipped_with_a_warning_or_refused(tmp_path):
+    from minispp.voc import BoxClipped
+    path = tmp_path / "a.xml"
+    objs = OBJ.format(name="dog", trunc=0, diff=0, x1=0, y1=5, x2=55, y2=30) + \
+        OBJ.format(name="cat", trunc=0, diff=0, x1=3, y1=4, x2=20, y2=30)
+    path.write_text(XML.format(id="000001", w=50, h=40, objects=objs))
+    with pytest.warns(BoxClipped, match=r"a.xml: object 'dog' \(<object> 1\) has box \(0, 5, 55, 30\), "
+                                        r"partly outside the 50 x 40 image: clipped to \(1, 5, 50, 30\)"):
+        ann = parse_annotation(path)
+    assert [o["bbox"] for o in ann["objects"]] == [(1, 5, 50, 30), (3, 4, 20, 30)]
+    path.write_text(XML.format(id="000001", w=50, h=40, objects=OBJ.format(
+        name="cat", trunc=0, diff=0, x1=3, y1=4, x2=20, y2=30) + OBJ.format(
+        name="dog", trunc=0, diff=0, x1=60, y1=5, x2=90, y2=30)))
+    with pytest.raises(ValueError, match=r"a.xml: object 'dog' \(<object> 2\) has box \(60, 5, 90, 30\), "
+                                         r"wholly outside the 50 x 40 image"):
+        parse_annotation(path)
+    path.write_text(XML.format(id="000001", w=50, h=40, objects=OBJ.format(
+        name="dog", trunc=0, diff=0, x1="nan", y1=5, x2=9, y2=30)))
+    with pytest.raises(ValueError, match=r"a.xml: object 'dog' .* non-finite"):
+        parse_annotation(path)
+
+
+def test_empty_caltech_class_folder_is_refused(tmp_path):
+    write_caltech(str(tmp_path), {"accordion": 2, "ant": 2})
+    os.makedirs(tmp_path / "101_ObjectCategories" / "bee")
+    with pytest.raises(ValueError, match=r"class folder .*bee has no images"):
+        Caltech101(tmp_path)

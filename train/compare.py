@@ -12,7 +12,6 @@ from minispp.imagefolder import ImageFolder
 
 from .classify import BEST, Trainer
 from .evaluate import evaluate
-from .views import normalization
 
 VARIANTS = (("no SPP, single-size", None, "single"),
             ("SPP, single-size", "spp", "single"),
@@ -44,11 +43,11 @@ def run_comparison(data, out, seeds=(0, 1), epochs=12, batch=16, lr=0.01, worker
             model = nets.load(os.path.join(run_dir, BEST))
             if val is None:
                 val = ImageFolder(os.path.join(data, "val"), classes=model.meta["config"]["classes"])
-            mean, scale = normalization(model.extras, model.meta["config"]["mean"])
+            mean, pixel_scale = model.input_normalization()
             mine = []
             for view in ("center", "10view") + (("full",) if spp is not None else ()):
                 r = evaluate(model, val, view, mean, batch=batch, workers=workers,
-                             progress=progress, scale=scale)
+                             progress=progress, pixel_scale=pixel_scale)
                 mine.append({"variant": label, "seed": seed, "view": view,
                              "top1": r["top1"], "top5": r["top5"]})
             with open(done + ".tmp", "w") as f:

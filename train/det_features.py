@@ -1,4 +1,4 @@
-"""The SPP-net detector's features (SPEC.md §6; paper Sec. 4.1): conv5 once per image and
+"""The SPP-net detector's features (paper Sec. 4.1, Appendix): conv5 once per image and
 scale, every window pooled from it.
 
 1. Resize the image so min(w, h) = s, for each scale s (1 scale: 688; 5 scales: 480, 576,
@@ -26,6 +26,7 @@ import numpy as np
 from layers import WindowSPP
 from minispp.checkpoint import atomic_h5
 from minispp.feature_cache import check_identity
+from minispp.names import inside
 from minispp.transforms import resize_min_side, to_input
 
 SINGLE_SCALE = (688,)
@@ -120,9 +121,16 @@ class ConvCache:
         os.makedirs(self.folder, exist_ok=True)
         ident = os.path.join(self.folder, "identity.json")
         if os.path.exists(ident):
-            with open(ident) as fh:
-                check_identity(self.folder, json.load(fh), self.identity,
-                               advice="Remove the folder, or choose another one")
+            try:
+                with open(ident) as fh:
+                    found = json.load(fh)
+                if not isinstance(found, dict):
+                    raise ValueError(f"a JSON {type(found).__name__}, not an object")
+            except (OSError, ValueError) as err:
+                raise ValueError(f"conv5 cache identity {ident} is damaged ({err}); delete "
+                                 f"{self.folder} and run again to recompute it") from None
+            check_identity(self.folder, found, self.identity,
+                           advice="Remove the folder, or choose another one")
         else:
             tmp = ident + f".tmp{os.getpid()}"
             with open(tmp, "w") as fh:
@@ -130,7 +138,8 @@ class ConvCache:
             os.replace(tmp, ident)
 
     def path(self, image_id):
-        return os.path.join(self.folder, f"{image_id}.h5")
+        """folder/<image id>.h5; an id that is not a plain file name is refused (BadName)."""
+        return inside(self.folder, image_id, ".h5")
 
     def has(self, image_id):
         return os.path.exists(self.path(image_id))

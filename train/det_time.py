@@ -58,25 +58,10 @@ def warped_mean(mean, size=CROP):
     return warp_mean(mean, size, size)
 
 
-def _head_layers(det):
+def _head_macs(det):
+    """Multiply-adds of fc6 and fc7 for one window."""
     net = det.head(256)
-    out = []
-    for layer in net.layers:
-        out.append(layer)
-        if layer.name == det.feature_layer:
-            break
-    return out
-
-
-def _fc(layers, pooled, batch=256):
-    """fc6, fc7 (and their ReLUs) on (R, D) pooled rows, in batches: (R, 4096) fc7."""
-    out = []
-    for a in range(0, len(pooled), batch):
-        h = np.ascontiguousarray(pooled[a:a + batch])
-        for layer in layers:
-            h = layer.forward(h, train=False)
-        out.append(h.copy())
-    return np.concatenate(out)
+    return sum(layer.macs() for layer in net.layers[:net.index(det.feature_layer) + 1])
 
 
 def time_rcnn(det, img, boxes, batch=32):
@@ -84,23 +69,22 @@ def time_rcnn(det, img, boxes, batch=32):
     model = det.model
     t = {"crop": 0.0, "conv": 0.0, "pool": 0.0, "fc": 0.0}
     net = model.instance(batch, (CROP, CROP))
-    trunk, pool = net.layers[:model.trunk_length], net.layers[model.trunk_length]
+    last_conv, pool = model.specs[model.trunk_length - 1].name, model.specs[model.trunk_length].name
     pooled = []
     mean = warped_mean(det.mean)                    # once, not once per window
     for a in range(0, len(boxes), batch):
         t0 = time.perf_counter()
         x = np.stack([rcnn_crop(img, b, mean, det.pixel_scale) for b in boxes[a:a + batch]])
         t1 = time.perf_counter()
-        for layer in trunk:
-            x = layer.forward(x, train=False)
+        x = net.forward(x, until=last_conv)
         t2 = time.perf_counter()
-        pooled.append(pool.forward(x, train=False).reshape(len(x), -1).copy())
+        pooled.append(net.forward(x, start=pool, until=pool).reshape(len(x), -1).copy())
         t3 = time.perf_counter()
         t["crop"] += t1 - t0
         t["conv"] += t2 - t1
         t["pool"] += t3 - t2
     t0 = time.perf_counter()
-    _fc(_head_layers(det), np.concatenate(pooled))     # in the same batches as SPP-net's
+    det.fc7(np.concatenate(pooled))                 # in the same batches as SPP-net's
     t["fc"] = time.perf_counter() - t0
     t["total"] = sum(t.values())
     return t
@@ -118,7 +102,7 @@ def time_spp(det, img, boxes, scales, distinct=True):
     else:
         pooled = det.pooler(maps, boxes, img.shape[:2])
     t2 = time.perf_counter()
-    h = _fc(_head_layers(det), pooled)
+    h = det.fc7(pooled)
     if distinct:
         h = h[inverse]
     t3 = time.perf_counter()
@@ -136,13 +120,13 @@ def macs_spp(det, image_hw, scales, windows_fc):
     """Multiply-adds for one image the SPP-net way: the conv trunk once per scale, fc6 and
     fc7 once per window that goes through them."""
     conv = sum(_macs(det.model.trunk(min_side_shape(*image_hw, s)).layers) for s in scales)
-    return conv + windows_fc * _macs(_head_layers(det))
+    return conv + windows_fc * _head_macs(det)
 
 
 def macs_rcnn(det, windows):
     """Multiply-adds for one image the R-CNN way: the whole net on every 224 x 224 window."""
     trunk = det.model.trunk((CROP, CROP)).layers
-    return windows * (_macs(trunk) + _macs(_head_layers(det)))
+    return windows * (_macs(trunk) + _head_macs(det))
 
 
 def warm_up(det, img, boxes):

@@ -1,4 +1,4 @@
-"""The SPP-net detector (SPEC.md §6; paper Sec. 4): training and testing on a VOC devkit.
+"""The SPP-net detector (paper Sec. 4): training and testing on a VOC devkit.
 
 Training (``train_detector``), on a split's images and their non-difficult objects:
   1. proposals per image (selective search, cached), plus the ground-truth boxes;
@@ -30,17 +30,18 @@ import numpy as np
 from tqdm import tqdm
 
 import nets
-from layers import SoftmaxLoss
+from layers import FC, ReLU, SoftmaxLoss
+from layers.softmax_loss import softmax
 from minispp import Net, Params
 from minispp.boxes import apply_regression, clip, iou, nms, regression_targets
 from minispp.checkpoint import atomic_h5
+from minispp.geometry import spp_output_length
 from minispp.proposals import ProposalCache
 from minispp.solver import SGD
 from minispp.voc import VOCDataset
-from nets.specs import fc, make_layer
+from nets.specs import Spec
 
 from .det_features import FIVE_SCALES, SINGLE_SCALE, WindowPooler, scale_caches, scales_key
-from .views import normalization
 
 FORMAT = "minispp-detector-2"
 SCORER_PARTS = ("svm_w", "svm_b", "bbox_w", "bbox_b")
@@ -98,9 +99,9 @@ def head_specs(model, num_outputs):
     last fc replaced by the detector's (K + 1)-way one, Gaussian std 0.01."""
     after = model.specs[model.trunk_length + 1:]
     last = after[-1]
-    if last.kind != "fc":
+    if not last.is_a(FC):
         raise ValueError(f"{model.definition} does not end with an fc layer")
-    return after[:-1] + [fc(last.name, num_outputs, std=0.01)]
+    return after[:-1] + [Spec(last.name, FC, out_features=num_outputs, std=0.01)]
 
 
 class Detector:
@@ -110,15 +111,14 @@ class Detector:
     def __init__(self, model, classes, config, rng=None):
         self.model, self.classes, self.config = model, list(classes), dict(DEFAULTS, **config)
         self.rng = rng if rng is not None else np.random.default_rng(self.config["seed"])
-        self.mean, self.pixel_scale = normalization(model.extras, model.meta.get("config", {}).get("mean", "image"))
+        self.mean, self.pixel_scale = model.input_normalization()
         if model.spp is None:
             raise ValueError("the detector pools windows with the net's SPP layer; this net has none")
         self.pooler = WindowPooler(model, model.spp)            # {6, 3, 2, 1} for ZF-5
-        C = next(s for s in reversed(model.specs[:model.trunk_length]) if s.kind == "conv").args["filters"]
-        self.pool_dim = C * sum(n * n for n in model.spp)
+        self.pool_dim = spp_output_length(model.spp, model.trunk_channels)
         self.specs = head_specs(model, len(self.classes) + 1)
-        self.hidden = [sp.name for sp in self.specs[:-1] if sp.kind == "fc"]     # fc6, fc7
-        self.feature_layer = [sp.name for sp in self.specs if sp.kind == "relu"][-1]  # relu7
+        self.hidden = [sp.name for sp in self.specs[:-1] if sp.is_a(FC)]     # fc6, fc7
+        self.feature_layer = [sp.name for sp in self.specs if sp.is_a(ReLU)][-1]  # relu7
         self.head_params = Params(np.float32)
         self._heads = {}
         self.head(1)                                           # creates fc6, fc7, fc8
@@ -155,7 +155,7 @@ class Detector:
     def head(self, batch):
         """The fc6-fc7-fc8 Net (with a softmax loss) for (batch, pool_dim) input."""
         if batch not in self._heads:
-            net = Net([make_layer(s) for s in self.specs], loss=SoftmaxLoss(),
+            net = Net([s.make() for s in self.specs], loss=SoftmaxLoss(),
                       name=f"detector-head@{batch}")
             net.setup((batch, self.pool_dim), self.head_params, self.rng)
             self._heads[batch] = net
@@ -173,11 +173,7 @@ class Detector:
         net = self.head(batch)
         for a in range(0, len(pooled), batch):
             h = np.ascontiguousarray(pooled[a:a + batch], dtype=np.float32)
-            for layer in net.layers:
-                h = layer.forward(h, train=False)
-                if layer.name == self.feature_layer:
-                    break
-            out[a:a + batch] = h
+            out[a:a + batch] = net.forward(h, until=self.feature_layer)
         return out
 
     def softmax_scores(self, pooled, batch=256):
@@ -186,9 +182,7 @@ class Detector:
         out = []
         for a in range(0, len(pooled), batch):
             s = net.forward(np.ascontiguousarray(pooled[a:a + batch], dtype=np.float32), train=False)
-            s = s - s.max(axis=1, keepdims=True)
-            e = np.exp(s)
-            out.append(e / e.sum(axis=1, keepdims=True))
+            out.append(softmax(s))
         return np.concatenate(out)
 
     def svm_features(self, pooled):
@@ -572,6 +566,10 @@ def evaluate_detector(det, voc, split="test", workdir=None, scales=None, scorer=
     ds = VOCDataset(voc, split)
     if ds.classes != det.classes:
         raise ValueError(f"{voc} {split} has classes {ds.classes}, the detector {det.classes}")
+    for k, other in enumerate(others, 1):
+        if other.classes != det.classes:
+            raise ValueError(f"combined detector {k} has the classes {other.classes}, the first "
+                             f"{det.classes}: model combination needs the same classes in order")
     scales = tuple(scales or det.config["scales"])
     workdir = workdir or "."
     props = ProposalCache(os.path.join(workdir, "proposals"), seed=det.config["seed"],

@@ -1,16 +1,13 @@
-"""Top-1 / top-5 error of a model on a data set with one of the paper's test views
-(SPEC.md §4): the center crop, the standard 10 views (softmax averaged), or the full image."""
+"""Top-1 / top-5 error of a model on a data set with one of the paper's test views (paper
+Sec. 3.1.4-3.1.5): the center crop, the standard 10 views (softmax averaged), or the full
+image."""
 import numpy as np
 from tqdm import tqdm
 
+from layers.softmax_loss import softmax
 from minispp.loader import BatchLoader
 
 from .views import InputMaker
-
-
-def softmax(scores):
-    e = np.exp(scores - scores.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def topk_errors(probs, labels, k=5):
@@ -22,11 +19,11 @@ def topk_errors(probs, labels, k=5):
     return int((~hit1).sum()), int((~hitk).sum())
 
 
-def evaluate(model, dataset, view, mean, batch=32, workers=2, progress=True, scale=1.0):
+def evaluate(model, dataset, view, mean, batch=32, workers=2, progress=True, pixel_scale=1.0):
     """{"top1": error, "top5": error, "images": n, "skipped": [...], "view": view}."""
     if view == "full" and model.spp is None:
         raise ValueError("the full-image view needs an SPP net: a no-SPP net takes only 224x224")
-    make = InputMaker(view, mean, scale=scale)
+    make = InputMaker(view, mean, pixel_scale=pixel_scale)
     per_batch = 1 if view == "full" else max(1, batch // 10) if view == "10view" else batch
     loader = BatchLoader(dataset, np.arange(len(dataset)), per_batch, make, seed=(0,),
                          workers=workers)

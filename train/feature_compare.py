@@ -7,24 +7,38 @@ import os
 
 from minispp.feature_cache import read_cache
 
-from .features import LAYERS, extract
+from .features import LAYERS, check_arguments, extract
 from .svm import voc_classification
 
 CONFIGS = (("crop", 224), ("warp", 224), ("full", 224), ("full", 392))
 
 
 def run_feature_comparison(checkpoint, voc, out, train_split="trainval", test_split="test",
-                           batch=16, workers=2, progress=True, layers=LAYERS, configs=CONFIGS):
+                           batch=16, workers=2, progress=True, layers=LAYERS, configs=CONFIGS,
+                           skip_unreadable=False):
     """Extract every (view, scale) for both splits, train and test the SVMs of every layer,
-    write out/results.json and out/results.md; return the Markdown."""
-    os.makedirs(out, exist_ok=True)
+    write out/results.json and out/results.md; return the Markdown. Arguments are checked
+    before anything is made; a missing or unreadable image is an error unless
+    skip_unreadable (train.features.extract)."""
+    for view, s in configs:
+        check_arguments(list(layers), s, view, batch, workers)
+    if train_split == test_split:
+        raise ValueError(f"--train-split and --test-split are both {train_split!r}: the SVMs "
+                         f"must be tested on other images than they were trained on")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ValueError(f"--out {out} exists and is not a folder")
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"cannot make the output folder {out}: {err}") from None
     results, speed = [], {}
     for view, s in configs:
         paths = {}
         for split in (train_split, test_split):
             paths[split] = {layer: os.path.join(out, f"{split}-{view}-s{s}-{layer}.h5") for layer in layers}
             r = extract(checkpoint, "voc", voc, split, list(layers), s, view, paths[split],
-                        batch=batch, workers=workers, progress=progress)
+                        batch=batch, workers=workers, progress=progress,
+                        skip_unreadable=skip_unreadable)
             if r["images_per_s"]:
                 speed.setdefault((view, s), []).append(r["images_per_s"])
         for layer in layers:

@@ -1,4 +1,4 @@
-"""Full-image features (SPEC.md §5; paper Sec. 3.2-3.3): one representation per image from a
+"""Full-image features (paper Sec. 3.2-3.3): one representation per image from a
 trained net, no fine-tuning, no augmentation, cached in HDF5 for the SVMs.
 
 Views (the paper's comparison):
@@ -10,8 +10,14 @@ Layers: "pool5" (the finest pyramid level, 6x6 for (6, 3, 2, 1); the last pool o
 net), "spp" (the whole pyramid vector), "fc6" and "fc7" (after their ReLU; dropout is off).
 
 One pass over the images fills the caches of several layers at once. Images of one shape
-are batched together; an unreadable image is reported, flagged invalid in the cache and
-given zero features. Caches are resumable (minispp.feature_cache).
+are batched together. A missing or unreadable image is an error naming the file (missing
+files are found before anything is written); with skip_unreadable (``--skip-unreadable``)
+it is reported, flagged invalid in the cache and given zero features, and ``minispp svm``
+lists and leaves out such images. Caches are resumable (minispp.feature_cache).
+
+Labels are indices into the data set's class list, the same for every split, and that list
+is part of each cache's identity: the classes of the devkit (README, "Readers"), or the
+training split's class folders; never what one split happens to contain.
 """
 import minispp  # noqa: F401
 
@@ -22,20 +28,20 @@ import numpy as np
 from tqdm import tqdm
 
 import nets
+from layers import ReLU
 from minispp.caltech import Caltech101
 from minispp.feature_cache import CacheWriter
-from minispp.imagefolder import ImageFolder
+from minispp.imagefolder import BadImage, ImageFolder
 from minispp.loader import BatchLoader
 from minispp.transforms import crop, resize_min_side, resize_to, to_input
-from minispp.voc import VOCDataset
+from minispp.voc import VOC_CLASSES, VOCDataset, find_year_folder
 
-from .views import normalization
 
 LAYERS = ("pool5", "spp", "fc6", "fc7")
 VIEWS = ("full", "crop", "warp")
 
 
-def view_input(img, view, s, mean, scale=1.0):
+def view_input(img, view, s, mean, pixel_scale=1.0):
     """uint8 (H, W, 3) image -> float32 (3, h, w) input of one view at scale s."""
     if view == "full":
         out = resize_min_side(img, s)
@@ -45,7 +51,7 @@ def view_input(img, view, s, mean, scale=1.0):
         out = resize_to(img, s, s)
     else:
         raise ValueError(f"unknown view {view!r}; expected one of {VIEWS}")
-    return to_input(out, mean, scale)
+    return to_input(out, mean, pixel_scale)
 
 
 class LayerTaps:
@@ -72,10 +78,8 @@ class LayerTaps:
                                      f"are {names}")
                 i = names.index(layer)
                 follows = model.specs[i + 1] if i + 1 < len(names) else None
-                self.taps[layer] = ((follows.name if follows is not None and follows.kind == "relu"
+                self.taps[layer] = ((follows.name if follows is not None and follows.is_a(ReLU)
                                      else layer), None)
-        self.last = max((names.index(n) for n, _ in self.taps.values()))
-        self.last_name = names[self.last]
 
     @staticmethod
     def _finest_level(model):
@@ -83,7 +87,7 @@ class LayerTaps:
         each channel-major (C, n, n))."""
         if model.spp is None:
             return None
-        channels = next(s for s in reversed(model.specs[:model.trunk_length]) if s.kind == "conv").args["filters"]
+        channels = model.trunk_channels
         start = 0
         finest = max(model.spp)
         for n in model.spp:
@@ -98,25 +102,64 @@ class LayerTaps:
         for layer, (name, cols) in self.taps.items():
             wanted.setdefault(name, []).append((layer, cols))
         out = {}
-        h = x
-        for layer in net.layers:
-            h = layer.forward(h, train=False)
-            for feat, cols in wanted.get(layer.name, ()):
-                flat = h.reshape(len(h), -1)
+        for name, h in net.outputs(x, wanted).items():
+            flat = h.reshape(len(h), -1)
+            for feat, cols in wanted[name]:
                 out[feat] = np.array(flat if cols is None else flat[:, cols], dtype=np.float32)
-            if layer.name == self.last_name:
-                break
         return out
 
 
-class _Indexed:
-    """A data set whose 'label' is the sample index, so a loader says which images it read."""
+class UnreadableImage(ValueError):
+    """An image of the split that cannot be read while skipping is not asked for."""
 
-    def __init__(self, dataset):
-        self.dataset = dataset
+
+SKIP_ADVICE = ("fix or replace it, or pass --skip-unreadable to leave such images out "
+               "(flagged in the cache, reported and left out by `minispp svm`)")
+
+
+class _Indexed:
+    """A data set whose 'label' is the sample index, so a loader says which images it read.
+    Unless skip, an unreadable image is an UnreadableImage error (the loader only skips
+    BadImage)."""
+
+    def __init__(self, dataset, skip=False):
+        self.dataset, self.skip = dataset, skip
 
     def load(self, i):
-        return self.dataset.load(i)[0], i
+        try:
+            return self.dataset.load(i)[0], i
+        except BadImage as err:
+            if self.skip:
+                raise
+            raise UnreadableImage(f"{err}; {SKIP_ADVICE}") from None
+
+
+def image_path(dataset, i):
+    """The file of image i of a VOC, Caltech101 or class-folder data set."""
+    if hasattr(dataset, "image_path"):
+        return dataset.image_path(i)
+    return dataset.samples[i][0]
+
+
+def voc_classes(root):
+    """The class list of a VOC devkit, the same for every split: the 20 VOC classes in the
+    devkit's order when every per-class list ImageSets/Main/<class>_<split>.txt (of any
+    split) names one of them, or when there are none; otherwise (a devkit-layout data set of
+    other classes, such as the embedded one) the sorted names those lists give, over all
+    splits. So a split missing one <class>_<split>.txt keeps the class (its labels then come
+    from the XML, minispp.voc), and labels index the same list in every split."""
+    main = os.path.join(find_year_folder(root), "ImageSets", "Main")
+    names = set(os.listdir(main)) if os.path.isdir(main) else set()
+    splits = {n[:-4] for n in names if n.endswith(".txt")}
+    found = set()
+    for n in names:
+        stem = n[:-4] if n.endswith(".txt") else ""
+        cls, sep, split = stem.rpartition("_")
+        if sep and cls and split in splits:
+            found.add(cls)
+    if found <= set(VOC_CLASSES):
+        return list(VOC_CLASSES)
+    return sorted(found)
 
 
 def open_dataset(kind, root, split):
@@ -124,7 +167,7 @@ def open_dataset(kind, root, split):
     (split 'all'; the 10 train/test splits are drawn by the SVM stage) or a class-folder
     split (root/split/<class>/...)."""
     if kind == "voc":
-        ds = VOCDataset(root, split)
+        ds = VOCDataset(root, split, classes=voc_classes(root))
         return ds, list(ds.ids), ds.labels(), ds.classes
     if kind == "caltech":
         if split not in ("all", None):
@@ -142,20 +185,55 @@ def open_dataset(kind, root, split):
     raise ValueError(f"unknown data set kind {kind!r}; expected voc, caltech or folder")
 
 
+def _positive_int(value, what):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{what} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def check_arguments(layers, scale, view, batch, workers, shard_size=64):
+    """ValueError naming the first argument that makes no sense (before anything is read
+    or written)."""
+    _positive_int(scale, "--scale (the shorter side in pixels)")
+    _positive_int(batch, "--batch")
+    _positive_int(workers, "--workers")
+    _positive_int(shard_size, "the shard size")
+    if view not in VIEWS:
+        raise ValueError(f"unknown view {view!r}; expected one of {VIEWS}")
+    if not layers:
+        raise ValueError(f"no feature layer given; expected some of {LAYERS}")
+    for layer in layers:
+        if layer not in LAYERS:
+            raise ValueError(f"unknown feature layer {layer!r}; expected one of {LAYERS}")
+    if len(set(layers)) != len(layers):
+        raise ValueError(f"a feature layer is given twice: {list(layers)}")
+
+
 def extract(checkpoint, kind, root, split, layers, scale, view, outs, batch=16, workers=2,
-            progress=True, shard_size=64, mean_mode=None, command=None):
+            progress=True, shard_size=64, mean_mode=None, command=None, skip_unreadable=False):
     """Extract features of one data set split into one cache per layer.
 
     outs: {layer: cache path}. Existing finished caches with the same identity are kept,
-    unfinished ones resumed, mismatched ones refused (CacheMismatch). Returns
-    {"paths": {layer: path}, "images": n, "computed": images run now, "seconds": s,
-    "images_per_s": rate, "skipped": [messages]}."""
+    unfinished ones resumed, mismatched ones refused (CacheMismatch), and any other existing
+    file at a path refused. A missing or unreadable image is a ValueError naming it (a
+    missing one before anything is written) unless skip_unreadable: then it is reported and
+    flagged invalid with a zero row. Returns {"paths": {layer: path}, "images": n,
+    "computed": images run now, "seconds": s, "images_per_s": rate, "skipped": [messages]}."""
+    layers = list(layers)
+    check_arguments(layers, scale, view, batch, workers, shard_size)
+    scale = int(scale)
+    missing_out = [layer for layer in layers if layer not in outs]
+    if missing_out:
+        raise ValueError(f"no output path for layer(s) {missing_out}")
+    paths = [os.path.abspath(os.fspath(outs[layer])) for layer in layers]
+    if len(set(paths)) != len(paths):
+        raise ValueError(f"two layers would be written to the same cache file: {paths}")
     model = nets.load(checkpoint)
     if view == "full" and model.spp is None and scale != 224:
         raise ValueError(f"a no-SPP net takes only 224 x 224 input; --view full at scale {scale} "
                          f"needs an SPP net (use --view crop or warp at 224)")
     mean_mode = mean_mode or model.meta.get("config", {}).get("mean", "image")
-    mean, pixel_scale = normalization(model.extras, mean_mode)
+    mean, pixel_scale = model.input_normalization(mean_mode)
     taps = LayerTaps(model, layers)
     dataset, ids, labels, classes = open_dataset(kind, root, split)
     identity = {"checkpoint": model.checksum, "net": model.definition,
@@ -163,17 +241,30 @@ def extract(checkpoint, kind, root, split, layers, scale, view, outs, batch=16, 
                 "view": view, "mean": str(mean_mode)}
     provenance = {"minispp_version": minispp.__version__, "checkpoint_path": os.path.abspath(checkpoint),
                   "data_root": os.path.abspath(root), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                  "command": command or ""}
+                  "command": command or "", "skip_unreadable": bool(skip_unreadable)}
+    # every writer is checked before any is written to: a refused output leaves nothing
     writers = {layer: CacheWriter(outs[layer], dict(identity, layer=layer), ids, labels, classes,
                                   dict(provenance), shard_size) for layer in layers}
     todo = sorted(set().union(*(w.pending() for w in writers.values())))
     order = np.array([i for a, b in todo for i in range(a, b)], dtype=np.int64)
+    if not skip_unreadable:
+        for i in order:
+            path = image_path(dataset, int(i))
+            if not os.path.isfile(path):
+                raise UnreadableImage(f"image {ids[int(i)]} of {kind} split {split!r} is "
+                                      f"missing: no file {path}; {SKIP_ADVICE}")
+    if len(order):
+        try:                            # the smallest input of this scale, before any write
+            _dim(model, taps, layers[0], scale)
+        except ValueError as err:
+            raise ValueError(f"--scale {scale} does not fit net {model.definition} "
+                             f"({err})") from None
 
     def make(img, rng):
         return view_input(img, view, scale, mean, pixel_scale)
 
-    loader = BatchLoader(_Indexed(dataset), order, 1, make, seed=(0,), workers=workers,
-                         prefetch=max(4, 2 * batch))
+    loader = BatchLoader(_Indexed(dataset, skip_unreadable), order, 1, make, seed=(0,),
+                         workers=workers, prefetch=max(4, 2 * batch))
     bar = tqdm(total=len(order), desc=f"features {view} s={scale}", unit="img",
                disable=not progress)
     t0 = time.perf_counter()
@@ -208,19 +299,21 @@ def extract(checkpoint, kind, root, split, layers, scale, view, outs, batch=16, 
 
     for a, _ in todo:
         buffers[a] = {}
-    for _, x, idx in loader:
-        i = int(idx[0])
-        pending.append((i, x[0]))
-        bar.update(1)
-        shard_end = shard_of[i][1] - 1
-        if len(pending) >= batch or i == shard_end:
+    try:
+        for _, x, idx in loader:
+            i = int(idx[0])
+            pending.append((i, x[0]))
+            bar.update(1)
+            shard_end = shard_of[i][1] - 1
+            if len(pending) >= batch or i == shard_end:
+                run(pending)
+                pending = []
+                flush(i)
+        if pending:
             run(pending)
-            pending = []
-            flush(i)
-    if pending:
-        run(pending)
-    flush(len(ids))
-    bar.close()
+        flush(len(ids))
+    finally:
+        bar.close()
     seconds = time.perf_counter() - t0
     paths = {layer: w.finish() for layer, w in writers.items()}
     return {"paths": paths, "images": len(ids), "computed": int(len(order)), "seconds": seconds,

@@ -1,4 +1,4 @@
-"""Linear SVMs on cached full-image features (SPEC.md §5; paper Sec. 3.2-3.3).
+"""Linear SVMs on cached full-image features (paper Sec. 3.2-3.3).
 
 Features are l2-normalized, then one linear SVM per class (scikit-learn's LinearSVC,
 one-vs-rest). The SVM cost C is chosen on a validation split of the training data only
@@ -10,7 +10,15 @@ data with that C.
   Class folders (single label): accuracy and mean per-class accuracy on the test split.
   Caltech101: 10 seeded splits of 30 training / up to 50 test images per class from one
       cache; mean per-class accuracy, its mean and standard deviation over the splits.
+
+Labels are indices into a cache's class list, so a train and a test cache whose lists
+differ (names or order) are refused (ClassListMismatch) rather than scored against each
+other. Images skipped as unreadable at extraction (``--skip-unreadable``: valid False, zero
+features) are left out of training and testing, and reported (count and first ids).
 """
+import math
+import os
+import sys
 import time
 import warnings
 
@@ -106,17 +114,83 @@ def choose_C(x, labels, grid=C_GRID, seed=0):
     return best, scores
 
 
+class ClassListMismatch(ValueError):
+    """Train and test caches whose class lists differ: their labels index other classes."""
+
+
+def check_C(C):
+    """C itself if None (search) or a finite positive number, else ValueError."""
+    if C is None:
+        return None
+    if isinstance(C, bool) or not isinstance(C, (int, float, np.floating, np.integer)) \
+            or not math.isfinite(C) or C <= 0:
+        raise ValueError(f"--C (the SVM cost) must be a positive number, got {C!r}")
+    return float(C)
+
+
+def check_writable(path, what="--json"):
+    """ValueError now, before any work, if a result cannot be written to path (missing or
+    unwritable folder, a folder at path)."""
+    if path is None:
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise ValueError(f"{what} {path} is a folder; give a file name")
+    if not os.path.isdir(folder):
+        raise ValueError(f"{what} {path}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        raise ValueError(f"{what} {path} cannot be written (no permission)")
+
+
+def check_same_classes(train, test):
+    """ClassListMismatch naming the difference unless train and test have the same class
+    names in the same order (labels are indices into that list)."""
+    a, b = list(train.classes), list(test.classes)
+    if a == b:
+        return
+    if set(a) == set(b):
+        what = "the same classes in another order"
+    else:
+        parts = []
+        if set(a) - set(b):
+            parts.append(f"only the training cache has {sorted(set(a) - set(b))}")
+        if set(b) - set(a):
+            parts.append(f"only the test cache has {sorted(set(b) - set(a))}")
+        what = ", ".join(parts)
+    old = [fs.path for fs in (train, test)
+           if "classes" not in (getattr(fs, "identity", None) or {"classes": 1})]
+    note = (f"; {' and '.join(old)} predate(s) class lists in a cache's identity: extract "
+            f"again with this version" if old else "")
+    raise ClassListMismatch(
+        f"train cache {train.path} ({len(a)} classes) and test cache {test.path} ({len(b)} "
+        f"classes) have different class lists: {what}; their labels cannot be compared. "
+        f"Extract both from the same data set with this version (labels index the data set's "
+        f"class list, whatever lists a split has){note}")
+
+
 def _valid(fs, what):
-    if not fs.valid.all():
-        bad = [fs.ids[i] for i in np.flatnonzero(~fs.valid)]
-        print(f"{what}: leaving out {len(bad)} unreadable image(s), e.g. {bad[0]}")
-    return np.flatnonzero(fs.valid)
+    """Indices of the readable rows; the skipped ones are reported (count and first ids)."""
+    bad = fs.unreadable() if hasattr(fs, "unreadable") else \
+        [fs.ids[i] for i in np.flatnonzero(~np.asarray(fs.valid, dtype=bool))]
+    if bad:
+        print(f"{what}: leaving out {len(bad)} image(s) skipped as unreadable at extraction: "
+              f"{', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}", file=sys.stderr)
+    ok = np.flatnonzero(fs.valid)
+    if len(ok) == 0:
+        raise ValueError(f"{what}: every image was skipped as unreadable; nothing to use")
+    return ok
+
+
+def _skipped(fs):
+    return [fs.ids[i] for i in np.flatnonzero(~np.asarray(fs.valid, dtype=bool))]
 
 
 def voc_classification(train, test, C=None, grid=C_GRID, seed=0):
     """Train on one VOC cache, test on another; {'per_class', 'mAP', 'C', 'C_search',
     'seconds'}."""
     t0 = time.perf_counter()
+    C = check_C(C)
+    check_same_classes(train, test)
     tr, te = _valid(train, train.path), _valid(test, test.path)
     xtr, ytr = l2_normalize(train.features[tr]), train.labels[tr]
     xte, yte = l2_normalize(test.features[te]), test.labels[te]
@@ -124,15 +198,23 @@ def voc_classification(train, test, C=None, grid=C_GRID, seed=0):
     if C is None:
         C, search = choose_C(xtr, ytr, grid, seed)
     models = fit_multilabel(xtr, ytr, C)
+    untrained = [c for c, m in zip(train.classes, models) if m is None]
+    if untrained:
+        print(f"{train.path}: no SVM for {len(untrained)} class(es) with only positive or only "
+              f"negative training images (their scores are all 0): {', '.join(untrained)}",
+              file=sys.stderr)
     result = classification_map(score_multilabel(models, xte), yte, test.classes)
     result.update(task="voc07-classification", C=C, C_search=search, train_images=len(tr),
-                  test_images=len(te), seconds=time.perf_counter() - t0)
+                  test_images=len(te), train_skipped=_skipped(train), test_skipped=_skipped(test),
+                  untrained_classes=untrained, seconds=time.perf_counter() - t0)
     return result
 
 
 def folder_classification(train, test, C=None, grid=C_GRID, seed=0):
     """Single-label train and test caches; {'accuracy', 'mean_class_accuracy', 'C', ...}."""
     t0 = time.perf_counter()
+    C = check_C(C)
+    check_same_classes(train, test)
     tr, te = _valid(train, train.path), _valid(test, test.path)
     xtr, ytr = l2_normalize(train.features[tr]), train.labels[tr]
     search = None
@@ -142,6 +224,7 @@ def folder_classification(train, test, C=None, grid=C_GRID, seed=0):
     acc, mca = per_class_accuracy(test.labels[te], pred)
     return {"task": "classification", "accuracy": acc, "mean_class_accuracy": mca, "C": C,
             "C_search": search, "train_images": len(tr), "test_images": len(te),
+            "train_skipped": _skipped(train), "test_skipped": _skipped(test),
             "seconds": time.perf_counter() - t0}
 
 
@@ -150,6 +233,11 @@ def caltech_classification(fs, splits=10, train_per_class=30, test_per_class=50,
     """The Caltech101 protocol on one cache of every image: per split s (seed s), C chosen on
     the split's training images, mean per-class accuracy on its test images."""
     t0 = time.perf_counter()
+    C = check_C(C)
+    for value, what in ((splits, "--splits"), (train_per_class, "training images per class"),
+                        (test_per_class, "test images per class")):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{what} must be a positive integer, got {value!r}")
     ok = _valid(fs, fs.path)
     x, y = l2_normalize(fs.features[ok]), fs.labels[ok]
     runs = []
@@ -162,4 +250,4 @@ def caltech_classification(fs, splits=10, train_per_class=30, test_per_class=50,
     m = np.array([r["mean_class_accuracy"] for r in runs])
     return {"task": "caltech101", "mean_class_accuracy": float(m.mean()),
             "std": float(m.std(ddof=1)) if len(m) > 1 else 0.0, "splits": runs,
-            "seconds": time.perf_counter() - t0}
+            "skipped": _skipped(fs), "seconds": time.perf_counter() - t0}

@@ -1,4 +1,5 @@
-"""How an image becomes network input, for training and for each test view (SPEC.md §3-4).
+"""How an image becomes network input, for training and for each test view (paper Sec. 3.1,
+3.1.4-3.1.5; docs/design.md, "Input normalization").
 
 Training (Sec. 3.1): resize so the shorter side is 256, a 224 x 224 crop from the center or
 one of the four corners, a horizontal flip, PCA lighting noise, minus the mean image. Beyond
@@ -8,7 +9,9 @@ assume unit-scale inputs, and on raw pixels conv1's weight gradients are thousan
 larger than its weights, so SGD at the paper's rate 0.01 diverges within a few batches. A
 180-pixel input is that 224 crop resized (same content, lower resolution; Sec. 2.3).
 Test views: the center crop; the 10 views (5 crops and their flips); the full image with
-its shorter side 256 (any aspect ratio, through an SPP net at that size).
+its shorter side 256 (any aspect ratio up to minispp.transforms.MAX_ASPECT, 4:1, through an
+SPP net at that size; a more elongated file is refused when it is read, naming it, and the
+loaders report and skip it like an unreadable one: README, "Views").
 """
 import numpy as np
 
@@ -25,25 +28,25 @@ class InputMaker:
 
     kind: "train" (random crop/flip/lighting), "center", "10view" (-> (10, 3, 224, 224)),
     "full" (-> (3, h, w) with min(h, w) = 256). size: the square training input size.
-    mean: (3, 224, 224) mean image or a scalar (128). scale: multiplies the mean-subtracted
+    mean: (3, 224, 224) mean image or a scalar (128). pixel_scale: multiplies the mean-subtracted
     input (1 / pixel std). pca: (eigvals, eigvecs) or None.
     """
 
-    def __init__(self, kind, mean, size=CROP, pca=None, lighting_std=0.1, scale=1.0):
+    def __init__(self, kind, mean, size=CROP, pca=None, lighting_std=0.1, pixel_scale=1.0):
         if kind not in ("train",) + VIEWS:
             raise ValueError(f"unknown view {kind!r}; expected train or one of {VIEWS}")
         self.kind, self.mean, self.size = kind, mean, int(size)
-        self.pca, self.lighting_std, self.scale = pca, lighting_std, float(scale)
+        self.pca, self.lighting_std, self.pixel_scale = pca, lighting_std, float(pixel_scale)
 
     def __call__(self, img, rng):
         img = resize_min_side(img, RESIZE)
         if self.kind == "full":
-            return to_input(img, self.mean, self.scale)
+            return to_input(img, self.mean, self.pixel_scale)
         if self.kind == "10view":
             crops = [crop(img, CROP, pos) for pos in CROP_POSITIONS]
-            return np.stack([to_input(c, self.mean, self.scale) for c in crops + [flip(c) for c in crops]])
+            return np.stack([to_input(c, self.mean, self.pixel_scale) for c in crops + [flip(c) for c in crops]])
         if self.kind == "center":
-            return to_input(crop(img, CROP, "center"), self.mean, self.scale)
+            return to_input(crop(img, CROP, "center"), self.mean, self.pixel_scale)
         out = crop(img, CROP, CROP_POSITIONS[rng.integers(len(CROP_POSITIONS))])
         if rng.random() < 0.5:
             out = flip(out)
@@ -52,11 +55,4 @@ class InputMaker:
         out = out.astype(np.float32)
         if self.pca is not None and self.lighting_std > 0:
             out = lighting(out, self.pca[0], self.pca[1], rng, self.lighting_std)
-        return to_input(out, self.mean, self.scale)
-
-
-def normalization(extras, mean_mode="image"):
-    """(mean, scale) of a run from its checkpoint extras: the mean image (or the constant
-    given as --mean) and 1 / the pixels' standard deviation."""
-    mean = extras["mean_image"] if mean_mode == "image" else float(mean_mode)
-    return mean, 1.0 / float(extras["pixel_std"])
+        return to_input(out, self.mean, self.pixel_scale)

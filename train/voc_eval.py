@@ -1,4 +1,4 @@
-"""Average precision as the VOC 2007 devkit computes it (SPEC.md §5, §6).
+"""Average precision as the VOC 2007 devkit computes it (paper Sec. 3.2, 4.2).
 
 The devkit ranks by decreasing confidence (ties keep the file's order: a stable sort),
 accumulates true and false positives down the ranking, and for VOC 2007 averages the

@@ -1,5 +1,6 @@
 """Hot loops, one function per op with two bodies: ``cpu/`` (Numba) and ``gpu/`` (CuPy).
 
-The layers call the CPU bodies directly on NumPy arrays; ``minispp.backend.require_cpu``
-turns a CuPy array reaching an op without a GPU body into a clear error.
+A layer's ``_forward_cpu`` / ``_backward_cpu`` call the CPU bodies on NumPy arrays;
+``minispp.Layer`` picks the body by the array type, and a CuPy array reaching a layer
+without a GPU body raises ``minispp.layer.NoGPUBody``.
 """

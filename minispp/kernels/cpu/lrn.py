@@ -17,8 +17,15 @@ import math
 import numba as nb
 import numpy as np
 
+# Fast-math flags that keep a result's bits the same on every CPU (no NaN/inf operands, signed
+# zeros), without reassociation, FMA contraction, approximate reciprocals or functions: with
+# fastmath=True LLVM chose, per CPU model, between a division and a reciprocal estimate, and
+# the same training run gave other bits with Zen 3 than with Haswell code generation
+# (NUMBA_CPU_NAME=haswell), for no gain in speed (the kernels are bound by memory bandwidth).
+EXACT = {"nnan", "ninf", "nsz"}
 
-@nb.njit(inline="always", fastmath=True)
+
+@nb.njit(inline="always", fastmath=EXACT)
 def _normalize_plane(xr, acc, k, a, beta, yr, scale_r, inv_r):
     """scale = k + a acc; inv = scale^-beta; y = x inv over one plane. The choice of formula
     is made once per plane, outside the pixel loops, so each loop vectorizes."""
@@ -42,7 +49,7 @@ def _normalize_plane(xr, acc, k, a, beta, yr, scale_r, inv_r):
         yr[p] = xr[p] * inv_r[p]
 
 
-@nb.njit(parallel=True, cache=True, fastmath=True)
+@nb.njit(parallel=True, cache=True, fastmath=EXACT)
 def lrn_forward(x, size, alpha, beta, k, y, scale, inv):
     """x, y, scale, inv: (N, C, HW); alpha, beta, k: scalars of x's dtype (so float32 maps
     compute in float32). Writes y, scale and inv = scale^-beta. Parallel over
@@ -64,7 +71,7 @@ def lrn_forward(x, size, alpha, beta, k, y, scale, inv):
         _normalize_plane(x[n, c], acc, k, a, beta, y[n, c], scale[n, c], inv[n, c])
 
 
-@nb.njit(parallel=True, cache=True, fastmath=True)
+@nb.njit(parallel=True, cache=True, fastmath=EXACT)
 def lrn_backward(x, dy, scale, inv, size, alpha, beta, dx, ratio):
     """dx = dy * inv - (2 alpha beta / size) * x * window-sum of ratio, where
     ratio = dy * y / scale = dy * x * inv / scale. ratio: scratch (N, C, HW). Two parallel
