@@ -44,7 +44,7 @@ DET_LIMIT ?= 100
 FT_ITERS ?= 600
 
 .PHONY: help install venv test gradcheck train-zf5 test-zf5 compare-zf5 embedded embedded-voc features-demo features-compare detect-demo bench bench-conv bench-lrn bench-pool bench-spp \
-        bench-window-spp bench-zf5 bench-features summary-zf5 geometry clean
+        bench-window-spp bench-zf5 bench-features summary-zf5 geometry clean test-gpu-sim
 
 help:  ## list every target
 	@echo "minispp targets (variables: PYTHON=$(PYTHON), BENCH_REPEAT=$(BENCH_REPEAT)):"
@@ -126,6 +126,9 @@ test: $(STAMP)  ## the whole test suite, gradient checks included (CPU, a few mi
 gradcheck: $(STAMP)  ## only the float64 central-difference gradient checks, with the error table
 	$(PYTEST) -q -m gradcheck
 
+test-gpu-sim: $(STAMP)  ## the numba.cuda kernels against the CPU kernels under Numba's CUDA simulator (no GPU needed)
+	NUMBA_ENABLE_CUDASIM=1 $(PYTEST) -q tests/gpu_sim_checks.py
+
 bench: bench-conv bench-lrn bench-pool bench-spp bench-window-spp bench-zf5 bench-features  ## every benchmark vs PyTorch CPU
 
 bench-conv: $(STAMP)  ## ZF-5 conv2 (32x96x55x55, 256 5x5/2 pad 1) forward and forward+backward
@@ -144,7 +147,7 @@ bench-window-spp: $(STAMP)  ## WindowSPP of 2,000 windows on a 1x256x43x57 map, 
 	$(PYTHON) benchmarks/bench_layers.py window_spp --repeat $(BENCH_REPEAT)
 
 bench-zf5: $(STAMP)  ## ZF-5 SPP forward and forward+backward, batch 32, 224 and 180, with a per-layer split
-	$(PYTHON) benchmarks/bench_nets.py --repeat 3
+	$(PYTHON) benchmarks/bench_nets.py --repeat 3 --contract
 
 bench-features: $(STAMP)  ## ZF-5 full-image features at s=224 and 392 vs PyTorch, the whole features path, the SVM stage
 	$(PYTHON) benchmarks/bench_features.py --images 24 --repeat 3

@@ -1,4 +1,4 @@
-from setuptools import setup
+from setuptools import find_packages, setup
 
 setup(
     name="minispp",
@@ -8,8 +8,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["minispp", "minispp.kernels", "minispp.kernels.cpu", "minispp.kernels.gpu",
-              "layers", "nets", "train"],
+    packages=find_packages(include=["minispp", "minispp.*", "layers", "nets", "train", "train.*"]),
     install_requires=[
         "numpy>=1.24",
         "numba>=0.59",
@@ -22,7 +21,7 @@ setup(
     ],
     entry_points={"console_scripts": ["minispp = train.cli:main"]},
     extras_require={
-        "gpu": ["cupy-cuda12x>=13"],
+        "gpu": ["cupy-cuda13x==14.2.0"],          # the CUDA 13 machines the GPU path targets
         "test": ["pytest>=7"],
         "plots": ["matplotlib>=3.6"],
     },

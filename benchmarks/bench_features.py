@@ -20,16 +20,16 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import minispp  # noqa: E402,F401  (first: it sets OpenBLAS's thread timeout before NumPy loads)
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")   # an entry point: before NumPy loads (train.cli)
 import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 from timing import median_time  # noqa: E402
 import nets  # noqa: E402
-from minispp.embedded import make_voc  # noqa: E402
-from minispp.voc import VOCDataset  # noqa: E402
-from train.features import LayerTaps, extract, view_input  # noqa: E402
-from train.svm import voc_classification  # noqa: E402
+from minispp.data.embedded import make_voc  # noqa: E402
+from minispp.data.voc import VOCDataset  # noqa: E402
+from train.features.extract import LayerTaps, extract, view_input  # noqa: E402
+from train.features.svm import voc_classification  # noqa: E402
 
 try:
     import torch

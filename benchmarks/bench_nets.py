@@ -15,7 +15,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import minispp  # noqa: E402,F401  (first: it sets OpenBLAS's thread timeout before NumPy loads)
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")   # an entry point: before NumPy loads (train.cli)
 import numpy as np  # noqa: E402
 from timing import median_time  # noqa: E402
 from minispp.layer import finite_checks  # noqa: E402

@@ -27,7 +27,7 @@ import contextlib
 
 import numpy as np
 
-from .backend import get_array_module
+from minispp.backend import get_array_module
 
 _FLAGS = {"check_finite": True}
 

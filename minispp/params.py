@@ -9,6 +9,7 @@ Gradients *accumulate*: every backward adds into ``grad``; ``zero_grad()`` clear
 solver does, once per step). That is what lets two instances contribute to one step.
 """
 from collections import OrderedDict
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -32,8 +33,9 @@ class Param:
         return f"Param({self.name!r}, shape={self.value.shape}, dtype={self.value.dtype})"
 
 
-class Params:
-    """name -> Param, in creation order.
+class Params(Mapping):
+    """A mapping of names to Param, in creation order: ``params["conv2.W"].value``;
+    iteration yields the names, ``.values()`` the Params, ``.items()`` both.
 
     dtype: the dtype of newly created parameters (float32 for training, float64 for gradient
     checks).
@@ -89,13 +91,10 @@ class Params:
         return name in self._items
 
     def __iter__(self):
-        return iter(self._items.values())
+        return iter(self._items)
 
     def __len__(self):
         return len(self._items)
-
-    def names(self):
-        return list(self._items)
 
     def count(self):
         """Total number of scalar parameters."""

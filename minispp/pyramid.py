@@ -5,7 +5,7 @@ kernels take (minispp/kernels/cpu/spp.py). Bins themselves come from minispp.geo
 """
 import numpy as np
 
-from .geometry import derivation_sources, pyramid_bins
+from minispp.geometry import derivation_sources, pyramid_bins
 
 
 def check_levels(levels):

@@ -23,7 +23,7 @@ class SGD:
 
     def step(self):
         """w <- w - (momentum v + lr lr_mult (grad + weight_decay decay_mult w))."""
-        for p in self.params:
+        for p in self.params.values():
             v = p.state.get("momentum")
             if v is None:
                 v = p.state["momentum"] = np.zeros_like(p.value)

@@ -3,7 +3,7 @@
 Init: conv weights Gaussian with He et al.'s per-layer std sqrt(2 / fan_in) (Conv's default:
 the authors' own init for ReLU nets, 2015); fc6 and fc7 std 0.005 and fc8 std 0.01 (Caffe's
 AlexNet/ZF models); biases 0, or 0.1 for conv2/4/5, fc6 and fc7 as in Caffe's AlexNet. The
-inputs are normalized to unit scale (train.views), which this init assumes.
+inputs are normalized to unit scale (train.classify.views), which this init assumes.
 
 Paddings are chosen, as the paper says, "to produce the expected output feature map size"
 at 224 x 224; map sizes below are for that input. Pooling rounds up (ceil mode, as Caffe

@@ -12,9 +12,10 @@ import numpy as np
 import minispp
 from layers import Conv, MaxPool, ReLU, SoftmaxLoss
 from minispp import Net, Params
-from minispp.checkpoint import read_checkpoint, read_weights, save_checkpoint, write_weights
+from minispp.storage.checkpoint import read_checkpoint, read_weights, save_checkpoint, write_weights
 from minispp.geometry import receptive_field
 from minispp.layer import as_pair
+from minispp.pyramid import check_levels
 
 from .definitions import DEFINITIONS
 
@@ -54,10 +55,10 @@ def parse_spp(text):
         return None
     if isinstance(text, str):
         try:
-            return tuple(int(t) for t in text.split(","))
+            text = [int(t) for t in text.split(",")]
         except ValueError:
             raise ValueError(f"--spp must be 'none' or levels like 6,3,2,1, got {text!r}") from None
-    return tuple(int(t) for t in text)
+    return check_levels(text)        # the one check of a pyramid's levels (minispp.pyramid)
 
 
 class Model:
@@ -173,10 +174,12 @@ class Model:
     def save(self, path, meta=None, extras=None):
         """Write a checkpoint (parameters, solver state, definition, meta, extra arrays)
         atomically."""
-        save_checkpoint(path, self.params, self.definition, self._args_json(), meta,
+        save_checkpoint(path, self.params, self.definition, self.definition_args(), meta,
                         minispp.__version__, extras)
 
-    def _args_json(self):
+    def definition_args(self):
+        """The definition's arguments as JSON (the pyramid as a list): what a checkpoint
+        stores, and what a feature cache's identity names."""
         a = dict(self.args)
         if a.get("spp") is not None:
             a["spp"] = list(a["spp"])
@@ -188,20 +191,20 @@ class Model:
         checkpoint: that file's read_checkpoint result, when the caller already read (and
         verified) it."""
         ck = checkpoint if checkpoint is not None else read_checkpoint(path)
-        mine = (self.definition, self._args_json())
+        mine = (self.definition, self.definition_args())
         theirs = (ck.definition, ck.definition_args)
         if mine != theirs:
             raise ValueError(f"checkpoint {path} holds {theirs[0]}({theirs[1]}), this model is "
                              f"{mine[0]}({mine[1]})")
         self._assign(ck.params, f"checkpoint {path}", strict=True)
-        for p in self.params:
+        for p in self.params.values():
             p.state = {k: np.array(v, dtype=p.value.dtype) for k, v in ck.state.get(p.name, {}).items()}
         self.meta, self.extras = ck.meta, ck.extras
         self.checksum = ck.checksum
         return ck.meta
 
     def _assign(self, arrays, source, strict):
-        names = set(self.params.names())
+        names = set(self.params)
         missing = sorted(names - set(arrays))
         extra = sorted(set(arrays) - names)
         if strict and (missing or extra):
@@ -225,7 +228,7 @@ class Model:
 
     def export_weights(self, path):
         """Write every parameter to .npz or HDF5 (by extension), one array per name."""
-        write_weights(path, {p.name: p.value for p in self.params})
+        write_weights(path, {p.name: p.value for p in self.params.values()})
 
 
 def build(name, num_classes=1000, spp=(6, 3, 2, 1), form="appendix", rng=None, dtype=np.float32):

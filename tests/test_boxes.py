@@ -3,7 +3,7 @@ computed by hand (difficult objects, duplicates, IoU exactly 0.5)."""
 import numpy as np
 import pytest
 
-from minispp.boxes import apply_regression, as_boxes, clip, iou, nms, regression_targets
+from minispp.detection.boxes import apply_regression, as_boxes, clip, iou, nms, regression_targets
 from train.voc_eval import detection_ap
 
 

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 import nets
-from conftest import save_small
-from train import cli
+from tests.helpers import save_small
+from train.cli import classify as cli_classify
 from train.cli import main
-from train.detector import Detector
+from train.detection.detector import Detector
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -112,7 +112,7 @@ def test_a_finished_command_does_not_fail_printing_a_non_utf8_name(tmp_path):
 def test_expected_exceptions_are_one_line_errors(tmp_path, capsys, monkeypatch, exc, code, text):
     def fail(a):
         raise exc
-    monkeypatch.setattr(cli, "cmd_test", fail)
+    monkeypatch.setattr(cli_classify, "cmd_test", fail)
     assert main(["test", "--checkpoint", "c.h5", "--data", str(tmp_path)]) == code
     assert text in one_line_error(capsys)
 

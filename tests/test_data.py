@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from minispp.imagefolder import BadImage, ImageFolder, load_rgb
-from minispp.loader import BatchLoader
-from minispp.transforms import crop, crop_box, resize_min_side, rgb_pca, to_input, warp_mean
-from train.views import InputMaker
+from minispp.data.imagefolder import BadImage, ImageFolder, load_rgb
+from minispp.data.loader import BatchLoader
+from minispp.data.transforms import crop, crop_box, resize_min_side, rgb_pca, to_input, warp_mean
+from train.classify.views import InputMaker
 
 
 def write_folder(root, images):
@@ -142,7 +142,7 @@ def test_loader_order_skips_and_determinism():
 
 
 def test_embedded_data_set_layout_and_determinism(tmp_path):
-    from minispp.embedded import CLASSES, make_classification
+    from minispp.data.embedded import CLASSES, make_classification
     a = make_classification(tmp_path / "a", seed=3, train_per_class=2, val_per_class=1)
     b = make_classification(tmp_path / "b", seed=3, train_per_class=2, val_per_class=1)
     train = ImageFolder(os.path.join(a, "train"))
@@ -166,7 +166,7 @@ def test_embedded_never_deletes_a_partial_folder_it_did_not_make(tmp_path, capsy
     err = capsys.readouterr().err
     assert "x.partial exists and was not made by `minispp embedded`" in err
     assert (mine / "thesis.tex").read_text() == "years of work" and not (tmp_path / "x").exists()
-    from minispp.embedded import PARTIAL_MARKER, _generate_once
+    from minispp.data.embedded import PARTIAL_MARKER, _generate_once
 
     def write(folder):
         open(os.path.join(folder, "data.txt"), "w").close()
@@ -188,7 +188,7 @@ def test_embedded_never_deletes_a_partial_folder_it_did_not_make(tmp_path, capsy
 
 
 def test_embedded_compose_returns_the_object_boxes():
-    from minispp.embedded import _sources, compose
+    from minispp.data.embedded import _sources, compose
     sources, backgrounds = _sources()
     img, boxes = compose(np.random.default_rng(0), sources, backgrounds, [0, 5], (300, 260))
     assert img.shape == (300, 260, 3) and len(boxes) == 2
@@ -197,7 +197,7 @@ def test_embedded_compose_returns_the_object_boxes():
 
 
 def test_baseline_features_hand_computed():
-    from train.baselines import colour_histogram, tiny_center_crop
+    from train.classify.baselines import colour_histogram, tiny_center_crop
     red = np.zeros((10, 20, 3), np.uint8)
     red[..., 0] = 255
     h = colour_histogram(red)

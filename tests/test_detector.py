@@ -13,16 +13,17 @@ import numpy as np
 import pytest
 
 import nets
-from conftest import save_small
-from minispp.embedded import make_voc
-from minispp.feature_cache import CacheMismatch
-from minispp.proposals import ProposalCache
-from minispp.voc import VOCDataset
+from tests.helpers import save_small
+from minispp.data.embedded import make_voc
+from minispp.storage.feature_cache import CacheMismatch
+from minispp.detection.proposals import ProposalCache
+from minispp.data.voc import VOCDataset
 from train.cli import main
-from train.det_features import ConvCache, WindowPooler, choose_scales
-from train.det_time import rcnn_crop
-from train.detector import (ImageWindows, combine, load_detector, localization, score_windows,
-                            svm_negatives)
+from train.detection.detector import load_detector
+from train.detection.svms import svm_negatives
+from train.detection.testing import combine, localization, score_windows
+from train.detection.timing import rcnn_crop
+from train.detection.windows import ConvCache, ImageWindows, WindowPooler, choose_scales
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -79,7 +80,7 @@ def test_model_combination_is_nms_over_the_union():
 
 
 def test_pictures_show_detections_above_the_threshold_and_the_top_ones():
-    from train.det_draw import draw_detections, shown_detections
+    from train.detection.drawing import draw_detections, shown_detections
     dets = {0: (np.array([[0, 0, 9, 9], [20, 20, 29, 29]], float), np.array([0.5, -0.7])),
             1: (np.array([[40, 40, 59, 59]], float), np.array([-0.2]))}
     assert [(c, s) for c, _, s in shown_detections(dets)] == [(0, 0.5)]
@@ -121,8 +122,8 @@ def test_rcnn_crop_keeps_16_pixels_of_context():
 SLOW_CONV = """
 import sys, time
 import numpy as np, nets
-from minispp.voc import VOCDataset
-from train.det_features import ConvCache
+from minispp.data.voc import VOCDataset
+from train.detection.windows import ConvCache
 ckpt, voc, folder = sys.argv[1:4]
 m = nets.load(ckpt)
 mean, sc = m.input_normalization()
@@ -269,7 +270,7 @@ def test_detector_commands_end_to_end(ckpt, voc, tmp_path, capsys):
     n = int(rows["windows through fc6, fc7"][3])
     assert n == len(ProposalCache(os.path.join(out, "proposals"), top=200).get(ds.ids[0], None))
     assert int(rows["windows through fc6, fc7"][0]) <= int(rows["windows through fc6, fc7"][1]) == n
-    from train.det_time import macs_rcnn
+    from train.detection.timing import macs_rcnn
     head = det.head(256)
     per_window = sum(l.macs() for l in det.model.trunk((224, 224)).layers) + \
         sum(l.macs() for l in head.layers[:head.index(det.feature_layer) + 1])
@@ -293,7 +294,7 @@ def test_detector_commands_end_to_end(ckpt, voc, tmp_path, capsys):
 def _untrained_detector(ckpt, folder):
     """A detector of the small net with random SVMs and no box regressors, saved to
     folder/detector.h5 without training (what `detect` needs, in a fraction of a second)."""
-    from train.detector import Detector
+    from train.detection.detector import Detector
     det = Detector(nets.load(ckpt), ["a", "b"], {"scales": (64,), "svm_scales": ((64,),),
                                                  "proposals": 50, "seed": 0})
     rng = np.random.default_rng(0)
@@ -342,3 +343,21 @@ def test_conv_cache_paths_never_leave_their_folder_and_damage_is_named(ckpt, tmp
     (tmp_path / "conv" / "identity.json").write_text("{not json")
     with pytest.raises(ValueError, match=r"identity.json is damaged .*delete"):
         ConvCache(str(tmp_path / "conv"), model, (64,), mean, sc)
+
+
+def test_a_detector_file_is_a_checksummed_checkpoint_and_old_ones_are_refused(ckpt, tmp_path):
+    folder = _untrained_detector(ckpt, tmp_path / "det")
+    path = os.path.join(folder, "detector.h5")
+    det = load_detector(folder)
+    assert det.classes == ["a", "b"] and det.svm_w.shape == (2, det.feature_dim)
+    assert det.model.checksum == nets.load(ckpt).checksum          # the base net it was made from
+    with h5py.File(path, "r+") as f:                                # flip one value of the head
+        f["extras/head:fc8.W"][0, 0] += 1.0
+    with pytest.raises(ValueError, match=r"extras/head:fc8.W"):
+        load_detector(folder)
+    with h5py.File(tmp_path / "old.h5", "w") as f:
+        f.attrs["format"] = "minispp-detector-2"
+    with pytest.raises(ValueError, match="earlier development version.*detect-train"):
+        load_detector(str(tmp_path / "old.h5"))
+    with pytest.raises(ValueError, match="not a detector"):
+        load_detector(ckpt)

@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 
 import nets
-from conftest import save_small
-from minispp.embedded import make_voc
-from minispp.feature_cache import CacheMismatch, CacheWriter, cache_info, read_cache
-from minispp.voc import VOCDataset
+from tests.helpers import save_small
+from minispp.data.embedded import make_voc
+from minispp.storage.feature_cache import CacheMismatch, CacheWriter, cache_info, read_cache
+from minispp.data.voc import VOCDataset
 from train.cli import main
-from train.features import LayerTaps, UnreadableImage, extract, view_input
-from train.svm import (caltech_classification, fit_multilabel, folder_classification,
+from train.features.extract import LayerTaps, UnreadableImage, extract, view_input
+from train.features.svm import (caltech_classification, fit_multilabel, folder_classification,
                        l2_normalize, validation_split, voc_classification)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -87,7 +87,7 @@ def test_a_layer_the_net_lacks_and_spp_of_a_no_spp_net_are_refused(tmp_path, voc
 
 SLOW_EXTRACT = """
 import sys, time
-import train.features as F
+import train.features.extract as F
 orig = F.view_input
 def slow(*a, **k):
     time.sleep(0.25)
@@ -438,7 +438,7 @@ def test_voc_svm_separable_classes_and_zero_labels_left_out(monkeypatch):
     r = voc_classification(FS(x, labels, ["a", "b", "c"]), FS(xt, lt, ["a", "b", "c"]))
     assert r["mAP"] == pytest.approx(1.0) and r["C"] in r["C_search"]
     seen = []
-    import train.svm as S
+    import train.features.svm as S
     orig = S._fit_binary
     monkeypatch.setattr(S, "_fit_binary", lambda x, y, C: seen.append(len(y)) or orig(x, y, C))
     fit_multilabel(x, labels, 1.0)

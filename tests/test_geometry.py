@@ -131,7 +131,7 @@ def test_zf5_conv5_cells_see_the_pixels_the_geometry_says():
     139 pixels wide) contains it."""
     import nets
     model = nets.build("zf5", num_classes=10, dtype=np.float64)
-    for p in model.params:
+    for p in model.params.values():
         p.value[...] = np.abs(p.value) if p.name.endswith(".W") else 0.0
     S, offset, size = model.feature_geometry()
     H = W = 320

@@ -3,7 +3,7 @@ whole small net. The errors are the largest elementwise relative error (minispp.
 import numpy as np
 import pytest
 
-from conftest import distinct
+from tests.helpers import distinct
 from layers import FC, LRN, SPP, Conv, Dropout, MaxPool, ReLU, SoftmaxLoss, WindowSPP
 from minispp import Params
 from nets import build

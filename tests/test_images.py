@@ -1,5 +1,5 @@
 """Decoding odd images to 8-bit RGB as a viewer shows them (16-bit, float, EXIF orientation),
-and the bound on how elongated an image may be (minispp.transforms.MAX_ASPECT)."""
+and the bound on how elongated an image may be (minispp.data.transforms.MAX_ASPECT)."""
 import json
 import os
 import struct
@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import save_small
-from minispp.imagefolder import BadImage, load_rgb
-from minispp.transforms import MAX_ASPECT, resize_min_side
+from tests.helpers import save_small
+from minispp.data.imagefolder import BadImage, load_rgb
+from minispp.data.transforms import MAX_ASPECT, resize_min_side
 from train.cli import main
-from train.features import view_input
+from train.features.extract import view_input
 
 
 def _png_rgb16(path, a):

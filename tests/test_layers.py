@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from conftest import distinct
+from tests.helpers import distinct
 from layers import FC, LRN, SPP, Conv, Dropout, MaxPool, ReLU, SoftmaxLoss, WindowSPP
 from minispp import Params
 from minispp.geometry import spp_bins

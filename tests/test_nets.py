@@ -10,7 +10,7 @@ import h5py
 import numpy as np
 import pytest
 
-from minispp.checkpoint import read_checkpoint
+from minispp.storage.checkpoint import read_checkpoint
 from nets import build, load
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -102,12 +102,12 @@ def test_instances_share_one_store_and_one_sgd_step_shows_in_both():
     model.params.zero_grad()
     net180.loss(x180, np.array([1, 7]))
     net180.backward()
-    for p in model.params:
+    for p in model.params.values():
         p.value -= 10.0 * p.grad                                        # one SGD step
     after = net224.forward(x224)
     assert not np.allclose(before, after)
     fresh = build("zf5", num_classes=10, rng=np.random.default_rng(5))
-    for p in model.params:
+    for p in model.params.values():
         fresh.params[p.name].value[...] = p.value
     np.testing.assert_array_equal(after, fresh.instance(2, 224).forward(x224))
 
@@ -123,7 +123,7 @@ def test_parameter_init_is_seeded_and_lr_multipliers_are_stored():
     a = build("small", rng=np.random.default_rng(3))
     b = build("small", rng=np.random.default_rng(3))
     c = build("small", rng=np.random.default_rng(4))
-    for p in a.params:
+    for p in a.params.values():
         np.testing.assert_array_equal(p.value, b.params[p.name].value)
     assert not np.array_equal(a.params["conv1.W"].value, c.params["conv1.W"].value)
     zf = build("zf5", rng=np.random.default_rng(0))
@@ -183,7 +183,7 @@ def flip_bit(a, bit):
 def save_small_run(path):
     """a small model saved as training saves it: solver state, extras, meta"""
     model = build("small", rng=np.random.default_rng(0))
-    for p in model.params:
+    for p in model.params.values():
         p.state["momentum"] = np.full_like(p.value, 0.25)
     rng = np.random.default_rng(1)
     extras = {"mean_image": rng.random((3, 8, 8)).astype(np.float32) * 255,
@@ -270,8 +270,8 @@ def test_checkpoints_without_field_checksums_still_load_with_a_warning(tmp_path)
 
 
 def model_checksum(model):
-    from minispp.checkpoint import checksum
-    return checksum({p.name: p.value for p in model.params})
+    from minispp.storage.checkpoint import checksum
+    return checksum({p.name: p.value for p in model.params.values()})
 
 
 def test_loading_another_architecture_is_refused(tmp_path):
@@ -288,7 +288,7 @@ def test_failed_write_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
     model = build("small", rng=np.random.default_rng(0))
     path = tmp_path / "ck.h5"
     model.save(path, meta={"epoch": 1})
-    import minispp.checkpoint as ckpt
+    import minispp.storage.checkpoint as ckpt
 
     def broken(*args, **kwargs):
         raise OSError("disk full")
@@ -344,7 +344,7 @@ def test_weight_export_import_round_trip(tmp_path, ext):
 
 def test_weight_import_checks_shapes_and_names(tmp_path):
     m = build("small", rng=np.random.default_rng(0))
-    arrays = {p.name: p.value for p in m.params}
+    arrays = {p.name: p.value for p in m.params.values()}
     bad = dict(arrays, **{"conv2.W": np.zeros((5, 4, 5, 5), np.float32)})
     np.savez(tmp_path / "bad.npz", **bad)
     with pytest.raises(ValueError, match=r"bad.npz: conv2.W has shape \(5, 4, 5, 5\), small needs \(5, 4, 3, 3\)"):
@@ -367,3 +367,17 @@ def test_summary_command_prints_a_full_image_net():
     bad = subprocess.run([sys.executable, "-m", "nets", "zf5", "--spp", "none", "--size", "180"],
                          capture_output=True, text=True, cwd=ROOT)
     assert bad.returncode == 2 and "6x6 pool5" in bad.stderr
+
+
+def test_params_is_a_mapping_of_names_to_param():
+    from collections.abc import Mapping
+
+    from minispp import Param
+    model = build("small", num_classes=4, spp=(3, 2, 1), rng=np.random.default_rng(0))
+    params = model.params
+    assert isinstance(params, Mapping)
+    assert list(params)[:2] == ["conv1.W", "conv1.b"] and "fc8.b" in params
+    assert all(isinstance(p, Param) and p.name == n for n, p in params.items())
+    assert [p.name for p in params.values()] == list(params)
+    with pytest.raises(KeyError, match="no parameter 'conv9.W'"):
+        params["conv9.W"]

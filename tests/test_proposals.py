@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 from scipy.io import savemat
 
-import minispp.selective_search as ss
-from minispp.embedded import make_voc
-from minispp.proposals import ProposalCache, load_proposals, recall
-from minispp.voc import VOCDataset
+import minispp.detection.selective_search as ss
+from minispp.data.embedded import make_voc
+from minispp.detection.proposals import ProposalCache, load_proposals, recall
+from minispp.data.voc import VOCDataset
 
 
 @pytest.fixture(scope="module")
@@ -153,7 +153,7 @@ def test_pickled_proposal_files_are_never_unpickled(tmp_path):
 
 
 def test_files_that_are_not_proposals_are_named(tmp_path, scenes, capsys):
-    from conftest import save_small
+    from tests.helpers import save_small
     ckpt = save_small(tmp_path / "ckpt.h5")
     with pytest.raises(ValueError, match=r"ckpt.h5 is not a proposal file: /extras is a group"):
         load_proposals(ckpt)
@@ -207,7 +207,7 @@ def test_cache_paths_never_leave_their_folder(tmp_path):
 
 def test_an_unreadable_image_in_worker_processes_is_named(tmp_path):
     import pickle
-    from minispp.imagefolder import BadImage
+    from minispp.data.imagefolder import BadImage
     err = pickle.loads(pickle.dumps(BadImage("x.jpg", "truncated")))
     assert str(err) == "cannot read image x.jpg: truncated" and err.path == "x.jpg"
     (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8 not a jpeg")

@@ -3,22 +3,19 @@
 These run only where torch is installed (CI installs the CPU wheel when the machine has it);
 the hand-computed cases and gradient checks in the other files are the coverage that never
 skips."""
-import os
-import sys
 
 import numpy as np
 import pytest
 
-from conftest import distinct
+from tests.helpers import distinct
 from layers import FC, LRN, SPP, Conv, MaxPool, SoftmaxLoss, WindowSPP
 from minispp import Params
 from nets import build
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
-from torch_nets import torch_net  # noqa: E402  (needs torch)
+from benchmarks.torch_nets import torch_net  # noqa: E402  (needs torch)
 pytestmark = pytest.mark.torchref
 
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 import nets
-from minispp.embedded import make_classification
-from train.classify import Interrupted, Trainer, TrainingStopped
+from minispp.data.embedded import make_classification
+from train.classify.trainer import Interrupted, Trainer, TrainingStopped
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -29,7 +29,7 @@ def trainer(data, out, **kw):
 
 
 def params_of(path):
-    return {p.name: p.value.copy() for p in nets.load(path).params}
+    return {p.name: p.value.copy() for p in nets.load(path).params.values()}
 
 
 def test_resume_after_an_interrupt_mid_epoch_is_exact(data, tmp_path):
@@ -102,7 +102,7 @@ def test_logs_and_plots_are_written(data, tmp_path):
     pytest.importorskip("matplotlib")
     from PIL import Image
 
-    from train.classify import plot_curves
+    from train.classify.trainer import plot_curves
     png = np.asarray(Image.open(tmp_path / "r/curves.png").convert("RGB"))
     assert png.shape[0] > 100 and (png < 128).any()            # axes and lines, not blank
     history = rows + [dict(rows[0], epoch=2, train_loss=0.5, val_top1=0.25)]
@@ -137,7 +137,7 @@ def test_command_line_train_and_test_with_every_view(data, tmp_path):
 
 
 def test_compare_trains_every_variant_and_writes_the_table(data, tmp_path):
-    from train.compare import run_comparison
+    from train.classify.compare import run_comparison
     table = run_comparison(data, tmp_path / "cmp", seeds=(0, 1), epochs=1, batch=8,
                            progress=False, net="small", levels=(3, 2, 1))
     lines = table.splitlines()

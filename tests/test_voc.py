@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from minispp.caltech import Caltech101, caltech_split
-from minispp.embedded import make_voc
-from minispp.voc import VOCDataset, annotation_xml, parse_annotation
+from minispp.data.caltech import Caltech101, caltech_split
+from minispp.data.embedded import make_voc
+from minispp.data.voc import VOCDataset, annotation_xml, parse_annotation
 from train.voc_eval import THRESHOLDS, classification_ap, classification_map, voc07_ap
 
 XML = """<annotation>
@@ -266,7 +266,7 @@ def test_bad_class_names_are_refused(tmp_path):
 
 
 def test_boxes_outside_the_image_are_clipped_with_a_warning_or_refused(tmp_path):
-    from minispp.voc import BoxClipped
+    from minispp.data.voc import BoxClipped
     path = tmp_path / "a.xml"
     objs = OBJ.format(name="dog", trunc=0, diff=0, x1=0, y1=5, x2=55, y2=30) + \
         OBJ.format(name="cat", trunc=0, diff=0, x1=3, y1=4, x2=20, y2=30)

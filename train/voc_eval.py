@@ -92,7 +92,7 @@ def detection_ap(image_ids, scores, boxes, ground_truth, min_overlap=0.5):
     is not yet matched, a false positive if it is (a duplicate), and neither when that box is
     `difficult`; below min_overlap it is a false positive. Recall is over the non-difficult
     boxes. Returns (ap, recall, precision)."""
-    from minispp.boxes import iou
+    from minispp.detection.boxes import iou
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     image_ids = list(image_ids)

@@ -36,8 +36,9 @@ def maxpool_forward(x, kh, kw, sh, sw, ph, pw, y, argmax, with_argmax):
 def max_scatter_backward(dy, argmax, dx):
     """dx[n, c].flat[argmax[n, c, ...]] += dy[n, c, ...] for every plane; dx overwritten.
 
-    dy, argmax: (N, C, K) with K outputs per plane; dx: (N, C, H W). Used by max pooling and
-    by the SPP layer (bins may overlap, so a cell can receive several gradients)."""
+    dy, argmax: (N, C, K) with K outputs per plane; dx: (N, C, H W). The max pooling layer's
+    backward (overlapping windows: a cell can receive several gradients). The SPP layers
+    route their gradients with spp_backward (minispp/kernels/cpu/spp.py)."""
     N, C, K = dy.shape
     HW = dx.shape[2]
     for nc in nb.prange(N * C):

@@ -1,0 +1,1 @@
+"""Benchmarks against PyTorch CPU (scripts; tests import benchmarks.torch_nets)."""

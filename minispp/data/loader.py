@@ -1,0 +1,64 @@
+"""Batches built ahead of the training step by worker threads (Pillow decodes and resizes
+with the GIL released), in a fixed order, with one random Generator per sample so a batch
+is the same whatever thread made it: a resumed run sees exactly the batches it would have.
+"""
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from minispp.data.imagefolder import BadImage
+
+
+class BatchLoader:
+    """dataset: has load(i) -> (uint8 image, label). order: sample indices for this epoch.
+    make_input(img, rng) -> float32 (3, h, w). seed: a tuple; sample i's Generator is
+    default_rng(seed + (i,)). Iterating yields (x (B, 3, h, w), labels (B,)); unreadable
+    images are reported on stderr, counted in .skipped and left out of their batch.
+    .wait_seconds: time the consumer spent waiting for data."""
+
+    def __init__(self, dataset, order, batch_size, make_input, seed, workers=2, prefetch=3,
+                 start_batch=0, report=None):
+        self.dataset, self.order = dataset, np.asarray(order)
+        self.batch_size, self.make_input = int(batch_size), make_input
+        self.seed, self.workers, self.prefetch = tuple(seed), max(1, workers), max(1, prefetch)
+        self.start_batch = int(start_batch)
+        self.report = report or (lambda msg: print(msg, file=sys.stderr))
+        self.skipped = []
+        self.wait_seconds = 0.0
+
+    def __len__(self):
+        return -(-len(self.order) // self.batch_size)
+
+    def _batch(self, b):
+        idx = self.order[b * self.batch_size:(b + 1) * self.batch_size]
+        xs, ys, bad = [], [], []
+        for i in idx:
+            try:
+                img, label = self.dataset.load(int(i))
+                xs.append(self.make_input(img, np.random.default_rng(self.seed + (int(i),))))
+                ys.append(label)
+            except BadImage as err:
+                bad.append(str(err))
+        if not xs:
+            return None, None, bad
+        return np.stack(xs), np.array(ys, dtype=np.int64), bad
+
+    def __iter__(self):
+        n = len(self)
+        with ThreadPoolExecutor(self.workers) as pool:
+            pending = {}
+            nxt = self.start_batch
+            for b in range(self.start_batch, n):
+                while nxt < n and nxt < b + self.prefetch:
+                    pending[nxt] = pool.submit(self._batch, nxt)
+                    nxt += 1
+                t0 = time.perf_counter()
+                x, y, bad = pending.pop(b).result()
+                self.wait_seconds += time.perf_counter() - t0
+                for msg in bad:
+                    self.skipped.append(msg)
+                    self.report(f"skipped: {msg}")
+                if x is not None:
+                    yield b, x, y

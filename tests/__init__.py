@@ -1,0 +1,1 @@
+"""The test suite (a package, so modules import tests.helpers)."""

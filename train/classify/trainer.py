@@ -1,0 +1,439 @@
+"""Classification training (paper Sec. 3.1, 2.3): single-size, multi-size and random-size.
+
+One model (one Params store) and one fixed-size Net instance per input size, like
+cuda-convnet's networks that share all parameters: a multi-size run trains a whole epoch at
+224, the next at 180 (the 224 crops resized), and so on; a random-size run draws the size
+from [180, 224] each epoch. SGD with momentum, the learning rate divided by 10 when the
+validation error plateaus (at most twice).
+
+Robustness: a checkpoint after every epoch and on Ctrl-C or SIGTERM (atomic writes; the run
+then stops with exit status 130 or 143, so `train && test` does not go on); temporary files
+of saves that were killed are removed when the next run starts; --resume continues exactly
+the recorded run where it stopped, mid-epoch included (same settings, same batches, same
+dropout masks, same losses): a setting given with it that differs from the recorded one is
+refused, except a larger --epochs, which extends the run and says so; a NaN/inf loss stops
+the run and keeps the last good checkpoint; an unreadable image is reported and skipped.
+
+Reproducibility: two runs with the same settings give bit-identical parameters. The GEMMs'
+rounding depends on OpenBLAS's thread count (it partitions the products by threads), so a
+run pins it to blas_threads (recorded, default 2) whatever the machine's core count or
+OPENBLAS_NUM_THREADS; the Numba kernels give the same bits with any number of threads
+(no reduction is split across threads), and the loader builds every batch from a fixed order
+with one random Generator per sample, whatever the number of workers.
+"""
+import contextlib
+import csv
+import json
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+from tqdm import tqdm
+
+import nets
+from nets.model import input_normalization
+from minispp.storage.checkpoint import remove_stale_temporaries
+from minispp.data.imagefolder import BadImage, ImageFolder
+from minispp.layer import finite_checks
+from minispp.data.loader import BatchLoader
+from minispp.solver import SGD, PlateauSchedule
+from minispp.data.transforms import crop, resize_min_side, rgb_pca
+
+from train.classify.evaluate import evaluate, topk_errors
+from train.classify.views import CROP, RESIZE, InputMaker
+
+MODES = ("single", "multi", "random")
+CHECKPOINT = "checkpoint.h5"
+BEST = "best.h5"
+
+
+# A run's settings and their defaults (the command line's too). They are recorded in the
+# checkpoint; a resumed run keeps the recorded ones.
+DEFAULTS = {"net": "zf5", "spp": (6, 3, 2, 1), "form": "appendix", "mode": "multi",
+            "epochs": 10, "batch": 32, "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4,
+            "seed": 0, "mean": "image", "patience": 3, "blas_threads": 2}
+FLAGS = {name: "--" + name.replace("_", "-") for name in DEFAULTS}
+
+
+class _Unset:
+    """A setting the caller did not give (None is a value: spp=None is the no-SPP net)."""
+
+    def __repr__(self):
+        return "UNSET"
+
+
+UNSET = _Unset()
+
+
+class TrainingStopped(Exception):
+    """The run stopped early (NaN loss, a signal); .code is the exit status for the command
+    line."""
+
+    def __init__(self, message, code):
+        super().__init__(message)
+        self.code = code
+
+
+class Interrupted(TrainingStopped):
+    """Stopped by SIGINT (Ctrl-C) or SIGTERM after saving the checkpoint; .code is 128 +
+    the signal number (130, 143), the shell's convention for a process ended by a signal."""
+
+
+def _same_setting(name, given, recorded):
+    if name == "spp":
+        return (None if given is None else [int(v) for v in given]) == recorded
+    if name == "mean":
+        if isinstance(given, str) or isinstance(recorded, str):
+            return str(given) == str(recorded)
+        return float(given) == float(recorded)
+    if name in ("lr", "momentum", "weight_decay"):
+        return float(given) == float(recorded)
+    return given == recorded
+
+
+def _show(name, value):
+    if name == "spp":
+        return "none" if value is None else ",".join(str(v) for v in value)
+    return "(not pinned)" if value is None and name == "blas_threads" else str(value)
+
+
+def best_epoch(history):
+    """The history row of the epoch that best.h5 holds: the lowest center-crop val top-1
+    error, the later epoch on a tie (best.h5 is written when an epoch equals the best)."""
+    low = min(r["val_top1"] for r in history)
+    return [r for r in history if r["val_top1"] == low][-1]
+
+
+def epoch_size(mode, epoch, seed):
+    """The input side of an epoch: 224; 224 and 180 alternating; or uniform in [180, 224]."""
+    if mode == "single":
+        return CROP
+    if mode == "multi":
+        return CROP if epoch % 2 == 0 else 180
+    return int(np.random.default_rng([seed, 3, epoch]).integers(180, CROP + 1))
+
+
+def data_statistics(dataset, count, seed):
+    """Mean image (3, 224, 224) of center crops, the standard deviation of the mean-subtracted
+    pixels (a scalar) and the RGB PCA, from up to `count` images."""
+    rng = np.random.default_rng([seed, 4])
+    idx = rng.permutation(len(dataset))[:count]
+    total = np.zeros((CROP, CROP, 3), np.float64)
+    crops, n = [], 0
+    for i in idx:
+        try:
+            img, _ = dataset.load(int(i))
+        except BadImage:
+            continue
+        c = crop(resize_min_side(img, RESIZE), CROP, "center")
+        total += c
+        crops.append(c)
+        n += 1
+    if n == 0:
+        raise ValueError(f"no readable image in {dataset.root}")
+    mean_hwc = total / n
+    std = float(np.sqrt(np.mean([np.mean((c - mean_hwc) ** 2) for c in crops])))
+    vals, vecs = rgb_pca(crops, rng=rng)
+    return (mean_hwc.transpose(2, 0, 1).astype(np.float32), np.float32(max(std, 1e-3)),
+            vals.astype(np.float32), vecs.astype(np.float32))
+
+
+class Trainer:
+    """Everything of one run: data, model, solver, schedule, position, history, files."""
+
+    def __init__(self, data, out, net=UNSET, spp=UNSET, form=UNSET, mode=UNSET, epochs=UNSET,
+                 batch=UNSET, lr=UNSET, momentum=UNSET, weight_decay=UNSET, seed=UNSET,
+                 workers=2, mean=UNSET, patience=UNSET, resume=False, stats_images=1000,
+                 progress=True, blas_threads=UNSET):
+        """A new run (a setting not given takes DEFAULTS), or with resume the run recorded in
+        out/checkpoint.h5: data (None: the recorded folder) and every setting given must be
+        the recorded ones, except a larger epochs, which extends the run. workers,
+        stats_images (a new run's statistics) and progress do not change the results."""
+        given = {"net": net, "spp": spp, "form": form, "mode": mode, "epochs": epochs,
+                 "batch": batch, "lr": lr, "momentum": momentum, "weight_decay": weight_decay,
+                 "seed": seed, "mean": mean, "patience": patience, "blas_threads": blas_threads}
+        given = {k: v for k, v in given.items() if v is not UNSET}
+        settings = dict(DEFAULTS, **given)
+        net, spp, form, mode = settings["net"], settings["spp"], settings["form"], settings["mode"]
+        epochs, batch, lr = settings["epochs"], settings["batch"], settings["lr"]
+        momentum, weight_decay = settings["momentum"], settings["weight_decay"]
+        seed, mean, patience = settings["seed"], settings["mean"], settings["patience"]
+        for name in ("epochs", "batch", "patience", "blas_threads"):
+            v = settings[name]
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                raise ValueError(f"{FLAGS[name]} must be a positive integer, got {v!r}")
+        if not resume:
+            if mode not in MODES:
+                raise ValueError(f"--mode must be one of {MODES}, got {mode!r}")
+            if spp is None and mode != "single":
+                raise ValueError(f"a no-SPP net takes only 224x224 inputs: use --mode single, not {mode}")
+        self.out, self.progress = os.fspath(out), progress
+        os.makedirs(self.out, exist_ok=True)
+        self.ckpt_path = os.path.join(self.out, CHECKPOINT)
+        for path in remove_stale_temporaries(self.out, (CHECKPOINT, BEST)):
+            print(f"removed {path}: the temporary file of a save that was killed")
+        self.workers = workers
+        if resume:
+            data = self._resume(data, given)
+        elif data is None:
+            raise ValueError("--data is required (only --resume takes the recorded one)")
+        self.train_set = ImageFolder(os.path.join(data, "train"))
+        self.val_set = ImageFolder(os.path.join(data, "val"), classes=self.train_set.classes)
+        if resume:
+            if self.cfg["classes"] != self.train_set.classes:
+                raise ValueError(f"--resume: {self.ckpt_path} was trained on classes "
+                                 f"{self.cfg['classes'][:5]}..., the data has {self.train_set.classes[:5]}...")
+        else:
+            if os.path.exists(self.ckpt_path):
+                raise ValueError(f"{self.ckpt_path} exists: pass --resume to continue that run, "
+                                 f"or choose another --out")
+            self.cfg = {"data": os.path.abspath(data), "net": net,
+                        "spp": list(spp) if spp else None, "form": form, "mode": mode,
+                        "epochs": epochs, "batch": batch, "lr": lr, "momentum": momentum,
+                        "weight_decay": weight_decay, "seed": seed, "mean": mean,
+                        "patience": patience, "blas_threads": int(settings["blas_threads"]),
+                        "classes": self.train_set.classes}
+            self.model = nets.build(net, num_classes=len(self.train_set.classes), spp=spp,
+                                    form=form, rng=np.random.default_rng([seed, 0]))
+            mean_img, std, vals, vecs = data_statistics(self.train_set, stats_images, seed)
+            self.extras = {"mean_image": mean_img, "pixel_std": std, "pca_eigvals": vals,
+                           "pca_eigvecs": vecs}
+            self.solver = SGD(self.model.params, lr, momentum, weight_decay)
+            self.schedule = PlateauSchedule(patience=patience)
+            self.epoch, self.batch_index, self.history = 0, 0, []
+            self.partial = {"loss": 0.0, "err": 0, "n": 0, "seconds": 0.0, "wait": 0.0, "skipped": 0}
+        self.stop_requested, self.stop_signal = False, None
+
+    # -- state ------------------------------------------------------------------------------
+    @property
+    def mean(self):
+        return input_normalization(self.extras, self.cfg["mean"])[0]
+
+    @property
+    def pixel_scale(self):
+        return input_normalization(self.extras, self.cfg["mean"])[1]
+
+    def _meta(self):
+        return {"config": self.cfg, "epoch": self.epoch, "batch": self.batch_index,
+                "lr": self.solver.lr, "schedule": self.schedule.state(),
+                "history": self.history, "partial": self.partial,
+                "rng": self.model.rng.bit_generator.state}
+
+    def save(self, path=None):
+        self.model.save(path or self.ckpt_path, meta=self._meta(), extras=self.extras)
+
+    def _resume(self, data, given):
+        """Load the recorded run; refuse given settings (and data) that differ from it,
+        naming each; extend it when a larger epochs is given. Returns the data folder."""
+        if not os.path.exists(self.ckpt_path):
+            raise ValueError(f"--resume: no checkpoint at {self.ckpt_path}")
+        self.model = nets.load(self.ckpt_path)
+        meta = self.model.meta
+        self.cfg = meta["config"]
+        recorded = dict(self.cfg, blas_threads=self.cfg.get("blas_threads"))
+        differ = [f"{FLAGS[k]} {_show(k, v)} (recorded: {_show(k, recorded[k])})"
+                  for k, v in given.items() if k != "epochs" and not _same_setting(k, v, recorded[k])]
+        if data is not None and os.path.realpath(data) != os.path.realpath(self.cfg["data"]):
+            differ.insert(0, f"--data {data} (recorded: {self.cfg['data']})")
+        epochs = given.get("epochs", self.cfg["epochs"])
+        if epochs < self.cfg["epochs"]:
+            differ.append(f"--epochs {epochs} (recorded: {self.cfg['epochs']}; only more epochs "
+                          f"than recorded extend a run)")
+        if differ:
+            raise ValueError(f"--resume continues the run recorded in {self.ckpt_path} exactly, "
+                             f"and these arguments differ from it: {'; '.join(differ)}. Leave "
+                             f"them out, or start a new run with another --out")
+        if epochs > self.cfg["epochs"]:
+            print(f"--resume --epochs {epochs}: extending the run in {self.out} from "
+                  f"{self.cfg['epochs']} to {epochs} epochs (it is at epoch {meta['epoch']})")
+            self.cfg.setdefault("extended", []).append(
+                {"from": self.cfg["epochs"], "to": epochs, "at_epoch": meta["epoch"]})
+            self.cfg["epochs"] = epochs
+        self.extras = self.model.extras
+        self.model.rng.bit_generator.state = meta["rng"]
+        self.solver = SGD(self.model.params, meta["lr"], self.cfg["momentum"], self.cfg["weight_decay"])
+        self.schedule = PlateauSchedule(patience=self.cfg["patience"])
+        self.schedule.load(meta["schedule"])
+        self.epoch, self.batch_index = meta["epoch"], meta["batch"]
+        self.history, self.partial = meta["history"], meta["partial"]
+        return self.cfg["data"] if data is None else data
+
+    # -- the loop -----------------------------------------------------------------------------
+    def run(self):
+        """Train to cfg["epochs"]; returns the history (one dict per epoch) and prints the
+        summary (summary()). On SIGINT or SIGTERM the batch is finished, the checkpoint
+        saved, and Interrupted raised (code 130 or 143). A finished run says so and trains
+        nothing."""
+        if self.epoch >= self.cfg["epochs"]:
+            print(f"the run in {self.out} is finished ({self.epoch} of {self.cfg['epochs']} "
+                  f"epochs): nothing to train (give --resume a larger --epochs to extend it)")
+            print(self.summary())
+            return self.history
+        handled = (signal.SIGINT, signal.SIGTERM)
+        main = threading.current_thread() is threading.main_thread()   # signals: main thread only
+        previous = {s: signal.signal(s, self._on_signal) for s in handled} if main else {}
+        try:
+            with self._blas_threads():
+                while self.epoch < self.cfg["epochs"]:
+                    if self.stop_requested or not self._train_epoch():
+                        self.save()
+                        signum = self.stop_signal or signal.SIGINT
+                        raise Interrupted(
+                            f"stopped by {signal.Signals(signum).name} at epoch {self.epoch + 1}, "
+                            f"batch {self.batch_index}; checkpoint {self.ckpt_path} saved "
+                            f"(continue with --resume)", code=128 + int(signum))
+                    self._end_epoch()
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+        print(self.summary())
+        return self.history
+
+    def _blas_threads(self):
+        """OpenBLAS pinned to the run's recorded thread count, on which the GEMMs' rounding
+        depends (a run recorded before the count was: left as it is)."""
+        n = self.cfg.get("blas_threads")
+        if not n:
+            return contextlib.nullcontext()
+        from threadpoolctl import threadpool_limits
+        return threadpool_limits(limits=int(n), user_api="blas")
+
+    def summary(self):
+        """The figures the README quotes: epochs, the best epoch (the one best.h5 holds) with
+        its center-crop val top-1/top-5 error, and the files."""
+        if not self.history:
+            return f"no epoch finished yet; checkpoint {self.ckpt_path}"
+        best, last = best_epoch(self.history), self.history[-1]
+        return (f"done: {self.epoch} epochs; checkpoint {self.ckpt_path}\n"
+                f"best epoch {best['epoch']} of {self.epoch}: val top-1 error "
+                f"{best['val_top1']:.1%}, top-5 {best['val_top5']:.1%} (center crop, "
+                f"{len(self.val_set)} images) -> {os.path.join(self.out, BEST)}\n"
+                f"last epoch {last['epoch']}: val top-1 error {last['val_top1']:.1%}, top-5 "
+                f"{last['val_top5']:.1%}")
+
+    def _on_signal(self, signum, frame):
+        if self.stop_requested:            # a second signal: stop now, no checkpoint
+            raise KeyboardInterrupt
+        self.stop_requested, self.stop_signal = True, signum
+        print(f"\n{signal.Signals(signum).name}: finishing this batch, then saving a checkpoint "
+              f"and stopping (Ctrl-C again to abort without saving)", flush=True)
+
+    def _train_epoch(self):
+        cfg, e = self.cfg, self.epoch
+        size = epoch_size(cfg["mode"], e, cfg["seed"])
+        net = self.model.instance(cfg["batch"], (size, size))
+        pca = (self.extras["pca_eigvals"], self.extras["pca_eigvecs"])
+        order = np.random.default_rng([cfg["seed"], 1, e]).permutation(len(self.train_set))
+        loader = BatchLoader(self.train_set, order, cfg["batch"],
+                             InputMaker("train", self.mean, size, pca, pixel_scale=self.pixel_scale),
+                             seed=(cfg["seed"], 2, e),
+                             workers=self.workers, start_batch=self.batch_index,
+                             report=tqdm.write)
+        bar = tqdm(total=len(loader), initial=self.batch_index, unit="batch",
+                   desc=f"epoch {e + 1}/{cfg['epochs']} {size}px", disable=not self.progress)
+        p = self.partial
+        t_start = time.perf_counter()
+        for b, x, labels in loader:
+            self.model.params.zero_grad()
+            try:
+                # no NaN scan of every layer input here: the loss check below stops a
+                # diverged run (the scan costs about 1% of a ZF-5 step, docs/design.md)
+                with finite_checks(False):
+                    loss = net.loss(x, labels, train=True)
+            except FloatingPointError:
+                bar.close()
+                raise TrainingStopped(
+                    f"loss is not finite at epoch {e + 1}, batch {b + 1} (learning rate "
+                    f"{self.solver.lr:g}); stopping. The last good checkpoint is "
+                    f"{self.ckpt_path if os.path.exists(self.ckpt_path) else '(none yet)'}; "
+                    f"lower --lr and train again", code=3) from None
+            with finite_checks(False):
+                net.backward()
+            self.solver.step()
+            err1, _ = topk_errors(net.loss_layer.probs, labels)
+            p["loss"] += loss * len(labels)
+            p["err"] += err1
+            p["n"] += len(labels)
+            self.batch_index = b + 1
+            elapsed = p["seconds"] + time.perf_counter() - t_start
+            bar.set_postfix(loss=f"{p['loss'] / p['n']:.3f}", img_s=f"{p['n'] / max(elapsed, 1e-9):.1f}",
+                            data_wait=f"{(p['wait'] + loader.wait_seconds) / max(elapsed, 1e-9):.0%}")
+            bar.update(1)
+            if self.stop_requested:
+                break
+        p["seconds"] += time.perf_counter() - t_start
+        p["wait"] += loader.wait_seconds
+        p["skipped"] += len(loader.skipped)
+        bar.close()
+        return not self.stop_requested
+
+    def _end_epoch(self):
+        cfg, p = self.cfg, self.partial
+        val = evaluate(self.model, self.val_set, "center", self.mean, batch=cfg["batch"],
+                       workers=self.workers, progress=self.progress, pixel_scale=self.pixel_scale)
+        lr = self.solver.lr
+        dropped = self.schedule.update(self.solver, val["top1"])
+        row = {"epoch": self.epoch + 1, "size": epoch_size(cfg["mode"], self.epoch, cfg["seed"]),
+               "lr": lr, "train_loss": p["loss"] / max(p["n"], 1),
+               "train_top1": p["err"] / max(p["n"], 1), "val_top1": val["top1"],
+               "val_top5": val["top5"], "images_per_s": p["n"] / max(p["seconds"], 1e-9),
+               "data_wait": p["wait"] / max(p["seconds"], 1e-9),
+               "skipped": p["skipped"] + len(val["skipped"]), "seconds": p["seconds"]}
+        self.history.append(row)
+        tqdm.write(f"epoch {row['epoch']}: train loss {row['train_loss']:.3f}, train top-1 "
+                   f"{row['train_top1']:.1%}, val top-1 {row['val_top1']:.1%}, top-5 "
+                   f"{row['val_top5']:.1%}, {row['images_per_s']:.1f} img/s, data wait "
+                   f"{row['data_wait']:.1%}" + (f"; lr -> {self.solver.lr:g}" if dropped else ""))
+        self.epoch, self.batch_index = self.epoch + 1, 0
+        self.partial = {"loss": 0.0, "err": 0, "n": 0, "seconds": 0.0, "wait": 0.0, "skipped": 0}
+        self.save()
+        if val["top1"] <= min(r["val_top1"] for r in self.history):
+            self.save(os.path.join(self.out, BEST))
+        write_logs(self.out, self.history)
+
+
+def write_logs(out, history):
+    """log.csv, log.json and curves.png (loss and errors per epoch) beside the checkpoint."""
+    tmp = os.path.join(out, ".log.json.tmp")
+    with open(tmp, "w") as f:
+        json.dump(history, f, indent=1)
+    os.replace(tmp, os.path.join(out, "log.json"))
+    tmp = os.path.join(out, ".log.csv.tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(history[0]))
+        w.writeheader()
+        w.writerows(history)
+    os.replace(tmp, os.path.join(out, "log.csv"))
+    plot_curves(history, os.path.join(out, "curves.png"))
+
+
+def plot_curves(history, path):
+    """Training loss and train/val top-1, val top-5 error per epoch (needs matplotlib).
+    Returns {label: (epochs, values)} as plotted (read back from the figure's lines), or
+    None without matplotlib."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    ep = [r["epoch"] for r in history]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    a.plot(ep, [r["train_loss"] for r in history], "o-", label="train loss")
+    a.set_xlabel("epoch")
+    a.set_ylabel("softmax loss")
+    a.legend()
+    for key, label in (("train_top1", "train top-1"), ("val_top1", "val top-1 (center)"),
+                       ("val_top5", "val top-5 (center)")):
+        b.plot(ep, [100 * r[key] for r in history], "o-", label=label)
+    b.set_xlabel("epoch")
+    b.set_ylabel("error %")
+    b.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plotted = {line.get_label(): (list(line.get_xdata()), list(line.get_ydata()))
+               for ax in (a, b) for line in ax.get_lines()}
+    plt.close(fig)
+    return plotted

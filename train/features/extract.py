@@ -1,0 +1,360 @@
+"""Full-image features (paper Sec. 3.2-3.3): one representation per image from a
+trained net, no fine-tuning, no augmentation, cached in HDF5 for the SVMs.
+
+Views (the paper's comparison):
+  full  the whole image resized so its shorter side is s, any aspect ratio, through the
+        conv layers and the SPP layer at that size;
+  crop  the center s x s crop of that resized image;
+  warp  the whole image warped to s x s (aspect ratio lost).
+Layers: "pool5" (the finest pyramid level, 6x6 for (6, 3, 2, 1); the last pool of a no-SPP
+net), "spp" (the whole pyramid vector), "fc6" and "fc7" (after their ReLU; dropout is off).
+
+One pass over the images fills the caches of several layers at once. Images of one shape
+are batched together. A missing or unreadable image is an error naming the file (missing
+files are found before anything is written); with skip_unreadable (``--skip-unreadable``)
+it is reported, flagged invalid in the cache and given zero features, and ``minispp svm``
+lists and leaves out such images. Caches are resumable (minispp.storage.feature_cache).
+
+Labels are indices into the data set's class list, the same for every split, and that list
+is part of each cache's identity: the classes of the devkit (README, "Readers"), or the
+training split's class folders; never what one split happens to contain.
+"""
+import minispp  # noqa: F401
+
+import os
+import time
+
+import numpy as np
+from tqdm import tqdm
+
+import nets
+from layers import ReLU
+from minispp.data.caltech import Caltech101
+from minispp.storage.feature_cache import CacheWriter
+from minispp.data.imagefolder import BadImage, ImageFolder
+from minispp.data.loader import BatchLoader
+from minispp.data.transforms import crop, resize_min_side, resize_to, to_input
+from minispp.data.voc import VOC_CLASSES, VOCDataset, find_year_folder
+
+
+LAYERS = ("pool5", "spp", "fc6", "fc7")
+VIEWS = ("full", "crop", "warp")
+
+
+def view_input(img, view, s, mean, pixel_scale=1.0):
+    """uint8 (H, W, 3) image -> float32 (3, h, w) input of one view at scale s."""
+    if view == "full":
+        out = resize_min_side(img, s)
+    elif view == "crop":
+        out = crop(resize_min_side(img, s), s, "center")
+    elif view == "warp":
+        out = resize_to(img, s, s)
+    else:
+        raise ValueError(f"unknown view {view!r}; expected one of {VIEWS}")
+    return to_input(out, mean, pixel_scale)
+
+
+class LayerTaps:
+    """Where each feature layer is read in a model's layer stack: {layer: (net layer name,
+    column slice or None)}; ``last`` is the deepest net layer needed."""
+
+    def __init__(self, model, layers):
+        names = [s.name for s in model.specs]
+        pool5 = model.specs[model.trunk_length]
+        self.taps = {}
+        for layer in layers:
+            if layer not in LAYERS:
+                raise ValueError(f"unknown feature layer {layer!r}; expected one of {LAYERS}")
+            if layer == "spp":
+                if model.spp is None:
+                    raise ValueError("the 'spp' layer needs an SPP net; this one is no-SPP "
+                                     "(its 'pool5' is the 6x6 max pool)")
+                self.taps[layer] = (pool5.name, None)
+            elif layer == "pool5":
+                self.taps[layer] = (pool5.name, self._finest_level(model))
+            else:
+                if layer not in names:
+                    raise ValueError(f"net {model.definition} has no {layer} layer; its layers "
+                                     f"are {names}")
+                i = names.index(layer)
+                follows = model.specs[i + 1] if i + 1 < len(names) else None
+                self.taps[layer] = ((follows.name if follows is not None and follows.is_a(ReLU)
+                                     else layer), None)
+
+    @staticmethod
+    def _finest_level(model):
+        """Columns of the finest pyramid level in the SPP output (levels in the given order,
+        each channel-major (C, n, n))."""
+        if model.spp is None:
+            return None
+        channels = model.trunk_channels
+        start = 0
+        finest = max(model.spp)
+        for n in model.spp:
+            if n == finest:
+                return slice(start, start + channels * n * n)
+            start += channels * n * n
+        raise AssertionError("unreachable")
+
+    def __call__(self, net, x):
+        """{layer: (B, D) float32} for one batch x of the net's input size."""
+        wanted = {}
+        for layer, (name, cols) in self.taps.items():
+            wanted.setdefault(name, []).append((layer, cols))
+        out = {}
+        for name, h in net.outputs(x, wanted).items():
+            flat = h.reshape(len(h), -1)
+            for feat, cols in wanted[name]:
+                out[feat] = np.array(flat if cols is None else flat[:, cols], dtype=np.float32)
+        return out
+
+
+class UnreadableImage(ValueError):
+    """An image of the split that cannot be read while skipping is not asked for."""
+
+
+SKIP_ADVICE = ("fix or replace it, or pass --skip-unreadable to leave such images out "
+               "(flagged in the cache, reported and left out by `minispp svm`)")
+
+
+class _Indexed:
+    """A data set whose 'label' is the sample index, so a loader says which images it read.
+    Unless skip, an unreadable image is an UnreadableImage error (the loader only skips
+    BadImage)."""
+
+    def __init__(self, dataset, skip=False):
+        self.dataset, self.skip = dataset, skip
+
+    def load(self, i):
+        try:
+            return self.dataset.load(i)[0], i
+        except BadImage as err:
+            if self.skip:
+                raise
+            raise UnreadableImage(f"{err}; {SKIP_ADVICE}") from None
+
+
+def image_path(dataset, i):
+    """The file of image i of a VOC, Caltech101 or class-folder data set."""
+    if hasattr(dataset, "image_path"):
+        return dataset.image_path(i)
+    return dataset.samples[i][0]
+
+
+def voc_classes(root):
+    """The class list of a VOC devkit, the same for every split: the 20 VOC classes in the
+    devkit's order when every per-class list ImageSets/Main/<class>_<split>.txt (of any
+    split) names one of them, or when there are none; otherwise (a devkit-layout data set of
+    other classes, such as the embedded one) the sorted names those lists give, over all
+    splits. So a split missing one <class>_<split>.txt keeps the class (its labels then come
+    from the XML, minispp.data.voc), and labels index the same list in every split."""
+    main = os.path.join(find_year_folder(root), "ImageSets", "Main")
+    names = set(os.listdir(main)) if os.path.isdir(main) else set()
+    splits = {n[:-4] for n in names if n.endswith(".txt")}
+    found = set()
+    for n in names:
+        stem = n[:-4] if n.endswith(".txt") else ""
+        cls, sep, split = stem.rpartition("_")
+        if sep and cls and split in splits:
+            found.add(cls)
+    if found <= set(VOC_CLASSES):
+        return list(VOC_CLASSES)
+    return sorted(found)
+
+
+def open_dataset(kind, root, split):
+    """(dataset, ids, labels, classes) of a VOC devkit split, the whole of Caltech101
+    (split 'all'; the 10 train/test splits are drawn by the SVM stage) or a class-folder
+    split (root/split/<class>/...)."""
+    if kind == "voc":
+        ds = VOCDataset(root, split, classes=voc_classes(root))
+        return ds, list(ds.ids), ds.labels(), ds.classes
+    if kind == "caltech":
+        if split not in ("all", None):
+            raise ValueError(f"Caltech101 features are extracted for every image (--split all); "
+                             f"the SVM stage draws its 10 splits. Got --split {split!r}")
+        ds = Caltech101(root)
+        return ds, ds.ids, ds.labels(), ds.classes
+    if kind == "folder":
+        train_classes = None
+        if os.path.isdir(os.path.join(root, "train")):
+            train_classes = ImageFolder(os.path.join(root, "train")).classes
+        ds = ImageFolder(os.path.join(root, split), classes=train_classes)
+        ids = [os.path.relpath(p, ds.root) for p, _ in ds.samples]
+        return ds, ids, ds.labels(), ds.classes
+    raise ValueError(f"unknown data set kind {kind!r}; expected voc, caltech or folder")
+
+
+def _positive_int(value, what):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{what} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def check_arguments(layers, scale, view, batch, workers, shard_size=64):
+    """ValueError naming the first argument that makes no sense (before anything is read
+    or written)."""
+    _positive_int(scale, "--scale (the shorter side in pixels)")
+    _positive_int(batch, "--batch")
+    _positive_int(workers, "--workers")
+    _positive_int(shard_size, "the shard size")
+    if view not in VIEWS:
+        raise ValueError(f"unknown view {view!r}; expected one of {VIEWS}")
+    if not layers:
+        raise ValueError(f"no feature layer given; expected some of {LAYERS}")
+    for layer in layers:
+        if layer not in LAYERS:
+            raise ValueError(f"unknown feature layer {layer!r}; expected one of {LAYERS}")
+    if len(set(layers)) != len(layers):
+        raise ValueError(f"a feature layer is given twice: {list(layers)}")
+
+
+def extract(checkpoint, kind, root, split, layers, scale, view, outs, batch=16, workers=2,
+            progress=True, shard_size=64, mean_mode=None, command=None, skip_unreadable=False):
+    """Extract features of one data set split into one cache per layer.
+
+    outs: {layer: cache path}. Existing finished caches with the same identity are kept,
+    unfinished ones resumed, mismatched ones refused (CacheMismatch), and any other existing
+    file at a path refused. A missing or unreadable image is a ValueError naming it (a
+    missing one before anything is written) unless skip_unreadable: then it is reported and
+    flagged invalid with a zero row. Returns {"paths": {layer: path}, "images": n,
+    "computed": images run now, "seconds": s, "images_per_s": rate, "skipped": [messages]}."""
+    layers = list(layers)
+    check_arguments(layers, scale, view, batch, workers, shard_size)
+    scale = int(scale)
+    missing_out = [layer for layer in layers if layer not in outs]
+    if missing_out:
+        raise ValueError(f"no output path for layer(s) {missing_out}")
+    paths = [os.path.abspath(os.fspath(outs[layer])) for layer in layers]
+    if len(set(paths)) != len(paths):
+        raise ValueError(f"two layers would be written to the same cache file: {paths}")
+    model = nets.load(checkpoint)
+    if view == "full" and model.spp is None and scale != 224:
+        raise ValueError(f"a no-SPP net takes only 224 x 224 input; --view full at scale {scale} "
+                         f"needs an SPP net (use --view crop or warp at 224)")
+    mean_mode = mean_mode or model.meta.get("config", {}).get("mean", "image")
+    mean, pixel_scale = model.input_normalization(mean_mode)
+    taps = LayerTaps(model, layers)
+    dataset, ids, labels, classes = open_dataset(kind, root, split)
+    identity = {"checkpoint": model.checksum, "net": model.definition,
+                "net_args": model.definition_args(), "data": kind, "split": split, "scale": int(scale),
+                "view": view, "mean": str(mean_mode)}
+    provenance = {"minispp_version": minispp.__version__, "checkpoint_path": os.path.abspath(checkpoint),
+                  "data_root": os.path.abspath(root), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                  "command": command or "", "skip_unreadable": bool(skip_unreadable)}
+    # every writer is checked before any is written to: a refused output leaves nothing
+    writers = {layer: CacheWriter(outs[layer], dict(identity, layer=layer), ids, labels, classes,
+                                  dict(provenance), shard_size) for layer in layers}
+    todo = sorted(set().union(*(w.pending() for w in writers.values())))
+    order = np.array([i for a, b in todo for i in range(a, b)], dtype=np.int64)
+    if not skip_unreadable:
+        for i in order:
+            path = image_path(dataset, int(i))
+            if not os.path.isfile(path):
+                raise UnreadableImage(f"image {ids[int(i)]} of {kind} split {split!r} is "
+                                      f"missing: no file {path}; {SKIP_ADVICE}")
+    if len(order):
+        try:                            # the smallest input of this scale, before any write
+            _dim(model, taps, layers[0], scale)
+        except ValueError as err:
+            raise ValueError(f"--scale {scale} does not fit net {model.definition} "
+                             f"({err})") from None
+
+    def make(img, rng):
+        return view_input(img, view, scale, mean, pixel_scale)
+
+    loader = BatchLoader(_Indexed(dataset, skip_unreadable), order, 1, make, seed=(0,),
+                         workers=workers, prefetch=max(4, 2 * batch))
+    bar = tqdm(total=len(order), desc=f"features {view} s={scale}", unit="img",
+               disable=not progress)
+    t0 = time.perf_counter()
+    shard_of = {i: (a, b) for a, b in todo for i in range(a, b)}
+    buffers = {}                    # shard start -> {index: {layer: vector}}
+    pending = []                    # (index, input) not yet run
+
+    def run(items):
+        by_shape = {}
+        for i, x in items:
+            by_shape.setdefault(x.shape, []).append((i, x))
+        for shape, group in by_shape.items():
+            for k in range(0, len(group), batch):
+                part = group[k:k + batch]
+                net = model.instance(batch, shape[1:])
+                feats = taps(net, np.stack([x for _, x in part]))
+                for j, (i, _) in enumerate(part):
+                    buffers[shard_of[i][0]][i] = {layer: feats[layer][j] for layer in layers}
+
+    def flush(upto_index):
+        """Write every shard whose images all have been seen (read or skipped)."""
+        for a, b in [r for r in todo if r[0] in buffers and r[1] - 1 <= upto_index]:
+            got = buffers.pop(a)
+            for layer, w in writers.items():
+                if not os.path.exists(w._shard_path(a)) and not w.complete:
+                    dim = next(iter(got.values()))[layer].shape[0] if got else _dim(model, taps, layer, scale)
+                    feats = np.zeros((b - a, dim), dtype=np.float32)
+                    valid = np.zeros(b - a, dtype=bool)
+                    for i, v in got.items():
+                        feats[i - a], valid[i - a] = v[layer], True
+                    w.write(a, feats, valid)
+
+    for a, _ in todo:
+        buffers[a] = {}
+    try:
+        for _, x, idx in loader:
+            i = int(idx[0])
+            pending.append((i, x[0]))
+            bar.update(1)
+            shard_end = shard_of[i][1] - 1
+            if len(pending) >= batch or i == shard_end:
+                run(pending)
+                pending = []
+                flush(i)
+        if pending:
+            run(pending)
+        flush(len(ids))
+    finally:
+        bar.close()
+    seconds = time.perf_counter() - t0
+    paths = {layer: w.finish() for layer, w in writers.items()}
+    return {"paths": paths, "images": len(ids), "computed": int(len(order)), "seconds": seconds,
+            "images_per_s": len(order) / seconds if seconds > 0 and len(order) else None,
+            "skipped": loader.skipped}
+
+
+def _dim(model, taps, layer, scale):
+    """Feature length of a layer when a whole shard was unreadable (no vector to copy)."""
+    x = np.zeros((1, 3, scale, scale), dtype=np.float32)
+    return taps(model.instance(1, (scale, scale)), x)[layer].shape[1]
+
+
+def output_paths(out, layers, scales):
+    """{(layer, scale): path}: out itself for one layer and one scale, else
+    <out stem>-<layer>-s<scale>.h5 for each."""
+    if len(layers) == 1 and len(scales) == 1:
+        return {(layers[0], scales[0]): out}
+    stem = out[:-3] if out.endswith(".h5") else out
+    return {(layer, s): f"{stem}-{layer}-s{s}.h5" for layer in layers for s in scales}
+
+
+def extract_scales(checkpoint, kind, root, split, layers, scales, view, out, batch=16, workers=2,
+                   progress=True, command=None, skip_unreadable=False):
+    """`minispp features`: every (layer, scale) cache of a split, one forward pass per scale
+    filling every layer's cache. Every argument and output is checked before anything is
+    written. Returns [(scale, extract's result, {layer: path})]."""
+    from minispp.storage.feature_cache import check_output
+    scales = [int(s) for s in scales]
+    if len(set(scales)) != len(scales):
+        raise ValueError(f"a --scale is given twice: {','.join(map(str, scales))}")
+    for s in scales:
+        check_arguments(layers, s, view, batch, workers)
+    paths = output_paths(out, layers, scales)
+    for path in paths.values():
+        check_output(path)
+    done = []
+    for s in scales:
+        outs = {layer: paths[layer, s] for layer in layers}
+        r = extract(checkpoint, kind, root, split, layers, s, view, outs, batch=batch,
+                    workers=workers, progress=progress, command=command,
+                    skip_unreadable=skip_unreadable)
+        done.append((s, r, outs))
+    return done
