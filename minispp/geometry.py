@@ -88,6 +88,18 @@ def spp_output_length(levels, channels):
     return int(channels) * sum(int(n) * int(n) for n in levels)
 
 
+def spp_level_columns(levels, channels):
+    """[(start, stop)] of each level's columns in the SPP output, levels in the order given,
+    each level channel-major (C, n, n): (6, 3, 2, 1) with C = 256 gives (0, 9216), (9216,
+    11520), (11520, 12544), (12544, 12800)."""
+    out, start = [], 0
+    for n in levels:
+        stop = start + spp_output_length((n,), channels)
+        out.append((start, stop))
+        start = stop
+    return out
+
+
 def derivation_sources(levels, sizes, form="appendix"):
     """For each level, a finer level whose bins tile it exactly, or -1.
 

@@ -5,7 +5,12 @@ kernels take (minispp/kernels/cpu/spp.py). Bins themselves come from minispp.geo
 """
 import numpy as np
 
-from minispp.geometry import derivation_sources, pyramid_bins
+from minispp.geometry import (
+    derivation_sources,
+    pyramid_bins,
+    spp_level_columns,
+    spp_output_length,
+)
 
 
 def check_levels(levels):
@@ -32,8 +37,7 @@ class Pyramid:
         sizes = np.concatenate([windows[:, 2] - windows[:, 0] + 1, windows[:, 3] - windows[:, 1] + 1])
         self.bins = pyramid_bins(windows, self.levels, form)
         self.lofs = np.concatenate([[0], np.cumsum(self.levels)[:-1]]).astype(np.int64)
-        sq = self.levels * self.levels
-        self.outofs = (channels * np.concatenate([[0], np.cumsum(sq)[:-1]])).astype(np.int64)
+        self.outofs = np.array([a for a, _ in spp_level_columns(self.levels, channels)], np.int64)
         self.src = np.array(derivation_sources(self.levels, sizes, form), dtype=np.int64)
         self.order = np.argsort(-self.levels, kind="stable").astype(np.int64)
-        self.length = int(channels * sq.sum())
+        self.length = spp_output_length(self.levels, channels)

@@ -19,23 +19,22 @@ Labels are indices into the data set's class list, the same for every split, and
 is part of each cache's identity: the classes of the devkit (README, "Readers"), or the
 training split's class folders; never what one split happens to contain.
 """
-import minispp  # noqa: F401
-
 import os
 import time
 
 import numpy as np
 from tqdm import tqdm
 
+import minispp  # noqa: F401
 import nets
 from layers import ReLU
 from minispp.data.caltech import Caltech101
-from minispp.storage.feature_cache import CacheWriter
 from minispp.data.imagefolder import BadImage, ImageFolder
 from minispp.data.loader import BatchLoader
 from minispp.data.transforms import crop, resize_min_side, resize_to, to_input
 from minispp.data.voc import VOC_CLASSES, VOCDataset, find_year_folder
-
+from minispp.geometry import spp_level_columns
+from minispp.storage.feature_cache import CacheWriter
 
 LAYERS = ("pool5", "spp", "fc6", "fc7")
 VIEWS = ("full", "crop", "warp")
@@ -87,14 +86,8 @@ class LayerTaps:
         each channel-major (C, n, n))."""
         if model.spp is None:
             return None
-        channels = model.trunk_channels
-        start = 0
-        finest = max(model.spp)
-        for n in model.spp:
-            if n == finest:
-                return slice(start, start + channels * n * n)
-            start += channels * n * n
-        raise AssertionError("unreachable")
+        columns = spp_level_columns(model.spp, model.trunk_channels)
+        return slice(*columns[list(model.spp).index(max(model.spp))])
 
     def __call__(self, net, x):
         """{layer: (B, D) float32} for one batch x of the net's input size."""
