@@ -361,3 +361,112 @@ def test_a_detector_file_is_a_checksummed_checkpoint_and_old_ones_are_refused(ck
         load_detector(str(tmp_path / "old.h5"))
     with pytest.raises(ValueError, match="not a detector"):
         load_detector(ckpt)
+
+
+def _synthetic_training_set(ckpt, voc, folder, **config):
+    """A detector of the small net, the trainval images of `voc` with random proposals plus
+    8 jittered copies of each ground-truth box (so that some overlap it by >= 0.5), and
+    their conv5 maps at scale 96, cached: what the SVM and box-regression stages read."""
+    from train.detection.detector import Detector
+    ds = VOCDataset(voc, "trainval")
+    det = Detector(nets.load(ckpt), ds.classes, {"scales": (96,), "svm_scales": ((96,),), "seed": 0,
+                                                 "svm_C": 0.5, **config})
+    conv = ConvCache(os.path.join(folder, "conv5-96"), det.model, (96,), det.mean, det.pixel_scale)
+    rng = np.random.default_rng(0)
+    images = []
+    for i in range(len(ds)):
+        img = ds.load(i)[0]
+        h, w = img.shape[:2]
+        boxes, cls, diff = ds.object_boxes(i)
+        boxes, cls = boxes[~diff], cls[~diff]
+        xy = rng.uniform(0, 1, (80, 2)) * [w, h]
+        props = [np.column_stack([xy, np.minimum(xy + rng.uniform(0.1, 0.6, (80, 2)) * [w, h],
+                                                 [w - 1, h - 1])])]
+        for bx in boxes:
+            size = np.tile([bx[2] - bx[0] + 1, bx[3] - bx[1] + 1], 2)
+            props.append(np.clip(bx + rng.normal(0, 0.08, (8, 4)) * size, 0, [w - 1, h - 1] * 2))
+        p = np.concatenate(props)
+        p = p[(p[:, 2] > p[:, 0] + 2) & (p[:, 3] > p[:, 1] + 2)]
+        images.append(ImageWindows(ds.ids[i], (h, w), boxes, cls, p, len(ds.classes)))
+        conv.get(ds.ids[i], lambda img=img: img)
+    return det, images, conv
+
+
+class _CountingCache:
+    def __init__(self, conv):
+        self.conv, self.reads = conv, 0
+
+    def get(self, image_id, load):
+        self.reads += 1
+        return self.conv.get(image_id, load)
+
+
+def test_streaming_svms_are_the_in_memory_svms(ckpt, voc, tmp_path):
+    from train.detection.svms import negative_keys, train_svms, train_svms_in_memory
+    # a cache of 60 negatives per class, 20 at first, two mining rounds: the cap is reached
+    det, images, conv = _synthetic_training_set(ckpt, voc, tmp_path, svm_init_negatives=20,
+                                                svm_cache_windows=60, hard_rounds=2)
+    ref_log, log = [], []
+    W0, b0 = train_svms_in_memory(det, images, conv, ref_log.append, progress=False)
+    scale0 = det.svm_scale
+    counting = _CountingCache(conv)
+    W, b = train_svms(det, images, counting, log.append, progress=False)
+    np.testing.assert_allclose(W, W0, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(b, b0, rtol=1e-6, atol=1e-6)
+    assert det.svm_scale == scale0 and sorted(log) == sorted(ref_log)
+    assert any("round 2" in line and "capped at 60" in line for line in log)
+    assert (W0 != 0).any(axis=1).sum() >= 4                         # several classes have SVMs
+    # one pass over the images per round for all classes: 6 images x (1 + 2 rounds)
+    assert counting.reads == len(images) * 3
+    # the comparison can fail: without the 0.7 rule, or with another cap, other SVMs
+    det.config["svm_neg_neg"] = 1.0
+    W1, _ = train_svms(det, images, conv, log.append, progress=False)
+    det.config.update(svm_neg_neg=0.7, svm_cache_windows=10 ** 6)
+    W2, _ = train_svms(det, images, conv, log.append, progress=False)
+    assert np.abs(W1 - W0).max() > 1e-2 and np.abs(W2 - W0).max() > 1e-2
+    # the random sample depends on (seed, class, image, window) only
+    k = negative_keys(1, 2, 3, np.arange(5))
+    assert np.array_equal(k, negative_keys(1, 2, 3, np.arange(5)))
+    assert np.array_equal(k[2:], negative_keys(1, 2, 3, np.arange(2, 5)))
+    for other in (negative_keys(0, 2, 3, np.arange(5)), negative_keys(1, 1, 3, np.arange(5)),
+                  negative_keys(1, 2, 4, np.arange(5))):
+        assert not np.isin(k, other).any()
+
+
+def test_streaming_box_regression_is_ridge_on_the_stacked_rows(ckpt, voc, tmp_path, monkeypatch):
+    from sklearn.linear_model import Ridge
+
+    import train.detection.svms as svms
+    from minispp.detection.boxes import regression_targets
+    from train.detection.windows import pooled_windows
+    det, images, conv = _synthetic_training_set(ckpt, voc, tmp_path)
+    cfg, K = det.config, len(det.classes)
+    xs, ts, cs = [], [], []                       # every row stacked, as before streaming
+    for im in images:
+        ov, cls = im.max_overlap()
+        rows = np.flatnonzero(~im.is_gt & (ov >= cfg["bbox_iou"]))
+        xs.append(pooled_windows(det, conv, im, rows).astype(np.float16))
+        ts.append(regression_targets(im.windows[rows], im.gt_boxes[im.match[rows, cls[rows]]]))
+        cs.append(cls[rows])
+    x, t, cl = np.concatenate(xs), np.concatenate(ts), np.concatenate(cs)
+    scale = cfg["feature_norm"] / np.linalg.norm(x[:2000].astype(np.float32), axis=1).mean()
+    trained = [c for c in range(K) if (cl == c).sum() >= 2]
+    assert len(trained) >= 4
+    want = {c: Ridge(alpha=cfg["bbox_lambda"]).fit(x[cl == c].astype(np.float64) * scale, t[cl == c])
+            for c in trained}
+    # the statistics (X^T X ...) of all classes in one pass, of one class per pass, and the
+    # kernel form on the rows of each class
+    for kernel_rows, mb in ((0.0, 4096), (0.0, 1e-3), (1.0, 4096)):
+        monkeypatch.setattr(svms, "KERNEL_ROWS", kernel_rows)
+        cfg["bbox_stats_mb"] = mb
+        log = []
+        svms.train_box_regressors(det, images, conv, log.append, progress=False)
+        assert det.bbox_scale == pytest.approx(scale, rel=1e-6)
+        assert f"{1 if mb > 1 else len(trained)} pass(es)" in log[-1]
+        for c in range(K):
+            if c in want:
+                np.testing.assert_allclose(det.bbox_w[c], want[c].coef_, rtol=1e-5,
+                                           atol=1e-6 * np.abs(want[c].coef_).max())
+                np.testing.assert_allclose(det.bbox_b[c], want[c].intercept_, rtol=1e-5, atol=1e-6)
+            else:
+                assert not det.bbox_w[c].any() and not det.bbox_b[c].any()

@@ -57,6 +57,12 @@ def register(sub, fmt):
     dt.add_argument("--svm-C", type=float, help="SVM C (default: the paper's 0.001 scaled by "
                     "5011 / training images, keeping its balance of loss and regularization)")
     dt.add_argument("--hard-rounds", type=int, default=1, help="hard negative mining rounds")
+    dt.add_argument("--svm-cache-windows", type=int, default=20000,
+                    help="the most negatives kept per class between mining passes (memory: about "
+                         "8 KB each for fc7); the other windows' features are recomputed image by "
+                         "image from the conv5 cache")
+    dt.add_argument("--bbox-stats-mb", type=int, default=4096,
+                    help="memory for the box regressors' sufficient statistics at once (MB)")
     dt.add_argument("--limit", type=int, help="only the first N training images")
     dt.add_argument("--seed", type=int, default=0)
     dt.add_argument("--quiet", action="store_true")
@@ -115,13 +121,16 @@ def cmd_proposals(a):
 
 
 def cmd_detect_train(a):
+    at_least(a.svm_cache_windows, 1, "--svm-cache-windows")
+    at_least(a.bbox_stats_mb, 1, "--bbox-stats-mb")
     from train.detection.detector import train_detector
     train_detector(a.voc, a.checkpoint, a.out, split=a.split, limit=a.limit, progress=not a.quiet,
                    precomputed=a.proposals_file, scales=tuple(ints(a.scales, "--scales")),
                    svm_scales=tuple(tuple(ints(v, "--svm-scales")) for v in a.svm_scales.split(";") if v.strip()),
                    proposals=a.proposals, ft_iters=a.ft_iters, ft_lr=a.ft_lr,
                    ft_drop_at=a.ft_drop_at, ft_batch=a.ft_batch, svm_feature=a.svm_feature,
-                   svm_C=a.svm_C, hard_rounds=a.hard_rounds, seed=a.seed)
+                   svm_C=a.svm_C, hard_rounds=a.hard_rounds, seed=a.seed,
+                   svm_cache_windows=a.svm_cache_windows, bbox_stats_mb=a.bbox_stats_mb)
     print(f"detector written to {os.path.join(a.out, 'detector.h5')}")
     return 0
 

@@ -64,6 +64,13 @@ DEFAULTS = dict(
     ft_pos_per_image=64, ft_neg_per_image=192, pos_iou=0.5, neg_iou_lo=0.1,
     svm_feature="fc7", svm_C=None, svm_pos_weight=2.0, svm_neg_iou=0.3, svm_neg_neg=0.7,
     hard_rounds=1, hard_threshold=-1.0, svm_init_negatives=4000, feature_norm=20.0,
+    # the most negatives a class's SVM cache holds (train/detection/svms.py): the SVMs keep
+    # the positives and up to 1.25 x this many windows per class in float16 (8 KB each for
+    # fc7, 25 KB for ZF-5's pool5): 20 classes x 25,000 x 8 KB = 4 GB at most for fc7
+    svm_cache_windows=20000,
+    # MB of float64 box-regression statistics held at once (X^T X is D x D per class: 1.25
+    # GiB for pool5 of ZF-5, so 3 classes per pass over the images at 4096)
+    bbox_stats_mb=4096,
     bbox_iou=0.5, bbox_lambda=1000.0, nms=0.3, max_per_image=100)
 
 

@@ -1,11 +1,44 @@
 """The detector's per-class linear SVMs with hard negative mining and its bounding-box
-regressors (paper Sec. 4.1; R-CNN's negative rules and box regression parameterization)."""
+regressors (paper Sec. 4.1; R-CNN's negative rules and box regression parameterization).
+
+Both stream over the training images, so that their memory is set by settings, not by the
+number of images (docs/design.md, "Feature caches": the conv5 maps are cached per image).
+
+SVMs (``train_svms``), as R-CNN trained them: the positives (the ground-truth boxes of each
+class) and each class's current cache of negatives are in memory; the features of every
+other window are recomputed image by image from the conv5 cache (pool, then fc7), one
+image at a time. One pass over the images gathers the positives and the initial random
+negatives of every class; each hard-negative round is one more pass, scoring every window
+of an image for every class at once. The cost is (1 + hard_rounds) x images, and the cache
+of a class never holds more than ``svm_cache_windows`` negatives: when the hard negatives
+found in a round would make it larger, the highest-scoring ``svm_cache_windows`` of the
+cache and the new ones are kept (ties: the earlier image, then the earlier window).
+``train_svms_in_memory`` is the same training with every window's features of every image
+in memory (16 MB per image for fc7 in float16), the reference the streaming trainer is
+tested against.
+
+The random sample is a function of (seed, class, image index, window index) only: each
+negative gets a 64-bit hash of the four, and the ``svm_init_negatives`` negatives of the
+class with the smallest hashes are the initial cache, a uniform random sample that both
+trainers draw alike, whatever order they see the windows in.
+
+Box regression (``train_box_regressors``): ridge regression with an intercept (centred, as
+sklearn's Ridge) from pooled conv5 features to the targets, from sufficient statistics
+accumulated image by image in float64 (n, sum x, sum t, X^T X, X^T t), or, for a class with
+at most D / 2 rows, its rows and the kernel form (as sklearn solves it when there are fewer
+rows than features). The statistics of the classes are held together as far as
+``bbox_stats_mb`` allows (X^T X is D x D float64: 1.25 GiB for ZF-5's pool5, D = 12,800),
+one pass over the images per group of classes.
+"""
 import warnings
 
 import numpy as np
 from tqdm import tqdm
 
 from minispp.detection.boxes import nms, regression_targets
+
+_GOLDEN, _M1, _M2 = (np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9),
+                     np.uint64(0x94D049BB133111EB))
 
 
 def svm_negatives(image, c, neg_iou=0.3, neg_neg=0.7):
@@ -19,6 +52,22 @@ def svm_negatives(image, c, neg_iou=0.3, neg_neg=0.7):
     return np.sort(cand[keep])
 
 
+def _mix64(x):
+    """splitmix64's finalizer on a uint64 array (arithmetic modulo 2^64)."""
+    x = (x ^ (x >> np.uint64(30))) * _M1
+    x = (x ^ (x >> np.uint64(27))) * _M2
+    return x ^ (x >> np.uint64(31))
+
+
+def negative_keys(seed, c, j, rows):
+    """(len(rows),) uint64: the random key of each negative (window `rows` of image j, class
+    c); the initial cache is the negatives with the smallest keys (ties by j, then row)."""
+    with np.errstate(over="ignore"):
+        h = _mix64(np.array([int(seed) % 2 ** 64], np.uint64) + _GOLDEN * np.uint64(c + 1))
+        h = _mix64(h + _GOLDEN * np.uint64(j + 1))
+        return _mix64(h + _GOLDEN * (np.asarray(rows, np.uint64) + np.uint64(1)))
+
+
 def _fit_svm(x, y, C, pos_weight):
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.svm import LinearSVC
@@ -29,84 +78,360 @@ def _fit_svm(x, y, C, pos_weight):
     return m.coef_[0].astype(np.float32), np.float32(m.intercept_[0])
 
 
+# ---- the pieces both trainers share -------------------------------------------------------------
+
+def _svm_C(det, n_images):
+    if det.config["svm_C"] is not None:
+        return det.config["svm_C"]
+    from train.detection.detector import svm_C_for
+    return svm_C_for(n_images)
+
+
+def _window_features(det, conv, image):
+    """(R, D) float16 SVM features (fc7 or pool5, unscaled) of every window of an image,
+    from its cached conv5 maps; windows on the same conv5 cells are run through fc6 and
+    fc7 once."""
+    maps, hw = conv.get(image.id, lambda: None)
+    pooled, inverse = det.pooler.unique(maps, image.windows, hw)
+    f = det.fc7(pooled) if det.config["svm_feature"] == "fc7" else pooled
+    return f.astype(np.float16)[inverse]
+
+
+def _mean_norm(f16):
+    return np.linalg.norm(f16.astype(np.float32), axis=1).mean()
+
+
+def _svm_scale(det, norms):
+    """The factor that brings the features' mean L2 norm to feature_norm (the mean over
+    images of each image's mean)."""
+    return float(det.config["feature_norm"] / max(np.mean(norms), 1e-6))
+
+
+def _svm_input(f16, scale):
+    return f16.astype(np.float32) * scale
+
+
+def _scores(f16, scale, W, b):
+    """(R, K) SVM scores of an image's windows for every class (one product for all)."""
+    return _svm_input(f16, scale) @ W.T + b
+
+
+def _fit(det, pos16, neg16, C):
+    x = np.concatenate([_svm_input(pos16, det.svm_scale), _svm_input(neg16, det.svm_scale)])
+    y = np.concatenate([np.ones(len(pos16)), np.zeros(len(neg16))]).astype(np.int64)
+    return _fit_svm(x, y, C, det.config["svm_pos_weight"])
+
+
+def _cache_cap(cfg):
+    cap, n_init = int(cfg["svm_cache_windows"]), int(cfg["svm_init_negatives"])
+    if cap < 1 or n_init < 1:
+        raise ValueError(f"svm_cache_windows and svm_init_negatives must be at least 1, got "
+                         f"{cap} and {n_init}")
+    return cap, min(n_init, cap)
+
+
+def _round_line(det, c, rnd, found, cached, total, cap):
+    full = f"; cache capped at {cap}, the highest-scoring kept" if found and found + cached > cap else ""
+    return (f"  {det.classes[c]}: round {rnd + 1}: {found} hard negatives added to {cached} "
+            f"(of {total}){full}")
+
+
+class _Pool:
+    """The windows of one class with the lowest ranks (ties: lower image index, then lower
+    window index), at most `cap` of them, with their float16 features. Windows are offered
+    image by image; between trims it holds at most cap + slack (slack = cap / 4)."""
+
+    def __init__(self, cap, dim):
+        self.cap, self.dim, self.slack = cap, dim, max(cap // 4, 64)
+        self.parts, self.n, self.worst = [], 0, None
+
+    def add(self, j, rows, rank, feats):
+        """Offer windows `rows` of image j, ranked `rank`; feats: the image's (R, D) features."""
+        if self.worst is not None:              # full: nothing ranked after the last kept gets in
+            keep = rank <= self.worst
+            rows, rank = rows[keep], rank[keep]
+        if rows.size == 0:
+            return
+        self.parts.append((np.full(len(rows), j, np.int64), rows, rank, feats[rows]))
+        self.n += len(rows)
+        if self.n > self.cap + self.slack:
+            self._trim()
+
+    def _trim(self):
+        j, r, rank, f = (np.concatenate(a) for a in zip(*self.parts))
+        best = np.lexsort((r, j, rank))[:self.cap]
+        self.parts, self.n = [(j[best], r[best], rank[best], f[best])], len(best)
+        if self.n == self.cap:
+            self.worst = rank[best[-1]]
+
+    def result(self):
+        """(image index, window row, features) of the kept windows, in (image, row) order;
+        the pool is emptied (its memory passes to the result)."""
+        if not self.parts:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, self.dim), np.float16)
+        if self.n > self.cap or len(self.parts) > 1:
+            self._trim()
+        (j, r, _, f), = self.parts
+        self.parts, self.n, self.worst = [], 0, None
+        order = np.lexsort((r, j))
+        return j[order], r[order], f[order]
+
+
+# ---- 4. SVMs ------------------------------------------------------------------------------------
+
 def train_svms(det, images, conv, log=print, progress=True):
-    """One linear SVM per class with hard negative mining; sets det.svm_w (K, D), svm_b."""
-    cfg, rng = det.config, np.random.default_rng(det.config["seed"] + 1)
-    K = len(det.classes)
-    feats = []
-    for im in tqdm(images, desc=f"{cfg['svm_feature']} features for the SVMs", unit="img",
-                   disable=not progress):
-        maps, hw = conv.get(im.id, lambda: None)
-        pooled, inverse = det.pooler.unique(maps, im.windows, hw)
-        f = det.fc7(pooled) if cfg["svm_feature"] == "fc7" else pooled
-        feats.append(f.astype(np.float16)[inverse])
-    norms = [np.linalg.norm(f.astype(np.float32), axis=1).mean() for f in feats if len(f)]
-    det.svm_scale = float(cfg["feature_norm"] / max(np.mean(norms), 1e-6))
+    """One linear SVM per class with hard negative mining, streaming over the images (see the
+    module's docstring); sets det.svm_w (K, D), det.svm_b (K,) and det.svm_scale. Holds the
+    positives and at most svm_cache_windows x 1.25 negatives per class in memory, float16."""
+    cfg, K = det.config, len(det.classes)
+    cap, n_init = _cache_cap(cfg)
+    C = _svm_C(det, len(images))
+    D = det.feature_dim if cfg["svm_feature"] == "fc7" else det.pool_dim
+    rules = (cfg["svm_neg_iou"], cfg["svm_neg_neg"])
+    seed = cfg["seed"] + 1
+    # pass 1: positives, each image's mean feature norm, the initial random negatives
+    pos = [[] for _ in range(K)]
+    init = [_Pool(n_init, D) for _ in range(K)]
+    n_neg, norms = np.zeros(K, np.int64), []
+    for j, im in enumerate(tqdm(images, desc=f"{cfg['svm_feature']} features for the SVMs",
+                                unit="img", disable=not progress)):
+        f = _window_features(det, conv, im)
+        if len(f):
+            norms.append(_mean_norm(f))
+        gt = f[:len(im.gt_boxes)]
+        for c in range(K):
+            if (im.gt_classes == c).any():
+                pos[c].append(gt[im.gt_classes == c])
+            negs = svm_negatives(im, c, *rules)
+            n_neg[c] += len(negs)
+            init[c].add(j, negs, negative_keys(seed, c, j, negs), f)
+        del f, gt
+    det.svm_scale = _svm_scale(det, norms)
+    W, b = np.zeros((K, D), np.float32), np.zeros(K, np.float32)
+    pos = [np.concatenate(p) if p else np.zeros((0, D), np.float16) for p in pos]
+    cache, active = {}, []
+    for c in range(K):
+        if len(pos[c]) == 0 or n_neg[c] == 0:
+            log(f"  {det.classes[c]}: {len(pos[c])} positives, {n_neg[c]} negatives: no SVM")
+            W[c], b[c] = 0, -1e3
+            continue
+        cache[c] = init[c].result()
+        W[c], b[c] = _fit(det, pos[c], cache[c][2], C)
+        active.append(c)
+    del init
+    # hard negative mining: one pass per round for all classes still finding some
+    for rnd in range(cfg["hard_rounds"]):
+        if not active:
+            break
+        old = {c: cache[c][:2] for c in active}         # (image, row) of each cached negative
+        cache = {}                                      # the features come back with their images
+        pools = {c: _Pool(cap, D) for c in active}
+        found, total = np.zeros(K, np.int64), np.zeros(K, np.int64)
+        for j, im in enumerate(tqdm(images, desc=f"hard negatives, round {rnd + 1}", unit="img",
+                                    disable=not progress)):
+            f = _window_features(det, conv, im)
+            s = _scores(f, det.svm_scale, W, b)
+            for c in active:
+                negs = svm_negatives(im, c, *rules)
+                total[c] += len(negs)
+                oj, orow = old[c]
+                lo, hi = np.searchsorted(oj, [j, j + 1])
+                cached = np.isin(negs, orow[lo:hi])
+                hard = (s[negs, c] > cfg["hard_threshold"]) & ~cached
+                found[c] += int(hard.sum())
+                keep = negs[cached | hard]               # the cache and the new hard negatives
+                pools[c].add(j, keep, -s[keep, c].astype(np.float64), f)
+            del f, s
+        still = []
+        for c in active:
+            log(_round_line(det, c, rnd, found[c], len(old[c][0]), total[c], cap))
+            if found[c] == 0:
+                continue
+            cache[c] = pools[c].result()
+            W[c], b[c] = _fit(det, pos[c], cache[c][2], C)
+            still.append(c)
+        active = still
+        del pools
+    det.svm_w, det.svm_b = W, b
+    return W, b
+
+
+def train_svms_in_memory(det, images, conv, log=print, progress=True):
+    """The reference for train_svms: the same SVMs, trained class by class with every
+    window's features of every image in memory (about 16 MB per image at D = 4,096 in
+    float16, so for small sets and tests only): the same positives, negatives (0.3 and 0.7
+    rules), initial random sample, hard negatives above hard_threshold, cache cap, C and
+    solver. Sets det.svm_w, det.svm_b, det.svm_scale."""
+    cfg, K = det.config, len(det.classes)
+    cap, n_init = _cache_cap(cfg)
+    C = _svm_C(det, len(images))
+    seed = cfg["seed"] + 1
+    feats = [_window_features(det, conv, im)
+             for im in tqdm(images, desc=f"{cfg['svm_feature']} features for the SVMs",
+                            unit="img", disable=not progress)]
+    det.svm_scale = _svm_scale(det, [_mean_norm(f) for f in feats if len(f)])
     D = feats[0].shape[1]
     W, b = np.zeros((K, D), np.float32), np.zeros(K, np.float32)
     for c in range(K):
-        pos = np.concatenate([f[:len(im.gt_boxes)][im.gt_classes == c]      # ground truth rows
-                              for f, im in zip(feats, images)]).astype(np.float32) * det.svm_scale
-        negs = [(j, svm_negatives(im, c, cfg["svm_neg_iou"], cfg["svm_neg_neg"])) for j, im in enumerate(images)]
-        neg_index = np.array([(j, r) for j, rows in negs for r in rows], dtype=np.int64).reshape(-1, 2)
+        pos = np.concatenate([f[:len(im.gt_boxes)][im.gt_classes == c] for f, im in zip(feats, images)])
+        negs = [svm_negatives(im, c, cfg["svm_neg_iou"], cfg["svm_neg_neg"]) for im in images]
+        neg_index = np.array([(j, r) for j, rows in enumerate(negs) for r in rows],
+                             dtype=np.int64).reshape(-1, 2)
         if len(pos) == 0 or len(neg_index) == 0:
             log(f"  {det.classes[c]}: {len(pos)} positives, {len(neg_index)} negatives: no SVM")
             W[c], b[c] = 0, -1e3
             continue
-        cache = rng.permutation(len(neg_index))[:cfg["svm_init_negatives"]]
-
-        def neg_feats(sel):
-            return np.stack([feats[j][r] for j, r in neg_index[sel]]).astype(np.float32) * det.svm_scale
+        keys = np.concatenate([negative_keys(seed, c, j, rows) for j, rows in enumerate(negs)])
+        cache = np.sort(np.lexsort((neg_index[:, 1], neg_index[:, 0], keys))[:n_init])
         for rnd in range(cfg["hard_rounds"] + 1):
-            xn = neg_feats(cache)
-            x = np.concatenate([pos, xn])
-            y = np.concatenate([np.ones(len(pos)), np.zeros(len(xn))]).astype(np.int64)
-            W[c], b[c] = _fit_svm(x, y, cfg["svm_C"], cfg["svm_pos_weight"])
+            W[c], b[c] = _fit(det, pos, np.stack([feats[j][r] for j, r in neg_index[cache]]), C)
             if rnd == cfg["hard_rounds"]:
                 break
-            scores = np.concatenate([neg_feats(np.arange(a, min(a + 4096, len(neg_index)))) @ W[c] + b[c]
-                                     for a in range(0, len(neg_index), 4096)])
+            scores = np.concatenate([_scores(f, det.svm_scale, W, b)[rows, c]
+                                     for f, rows in zip(feats, negs)])
             hard = np.setdiff1d(np.flatnonzero(scores > cfg["hard_threshold"]), cache)
-            log(f"  {det.classes[c]}: round {rnd + 1}: {len(hard)} hard negatives added to "
-                f"{len(cache)} (of {len(neg_index)})")
+            log(_round_line(det, c, rnd, len(hard), len(cache), len(neg_index), cap))
             if hard.size == 0:
                 break
-            cache = np.concatenate([cache, hard])
+            cache = np.union1d(cache, hard)
+            if len(cache) > cap:                 # the highest-scoring, ties by (image, row)
+                best = np.lexsort((neg_index[cache, 1], neg_index[cache, 0],
+                                   -scores[cache].astype(np.float64)))[:cap]
+                cache = np.sort(cache[best])
     det.svm_w, det.svm_b = W, b
     return W, b
 
 
 # ---- 5. box regression --------------------------------------------------------------------------
 
+def _bbox_rows(image, iou):
+    """The proposals (rows of image.windows) with IoU >= iou with a ground-truth box, and
+    the class of the box each overlaps most."""
+    if len(image.gt_boxes) == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    ov, cls = image.max_overlap()
+    rows = np.flatnonzero(~image.is_gt & (ov >= iou))
+    return rows, cls[rows]
+
+
+class _RidgeStats:
+    """One class's ridge regression data, added image by image: float64 sufficient
+    statistics (n, sum x, sum t, X^T X upper triangle, X^T t), or in `kernel` mode its rows
+    (float16 features, float64 targets) for the kernel form."""
+    CHUNK = 1024                 # rows buffered before a rank-k update of X^T X
+
+    def __init__(self, dim, kernel):
+        self.dim, self.kernel = dim, kernel
+        self.xs, self.ts, self.buffered = [], [], 0
+        if not kernel:
+            self.n, self.sx, self.st = 0, np.zeros(dim), np.zeros(4)
+            self.G, self.B = np.zeros((dim, dim), order="F"), np.zeros((dim, 4))
+
+    def add(self, x16, t):
+        self.xs.append(x16)
+        self.ts.append(t)
+        self.buffered += len(x16)
+        if not self.kernel and self.buffered >= self.CHUNK:
+            self._flush()
+
+    def _flush(self):
+        from scipy.linalg import blas
+        if not self.xs:
+            return
+        x = np.concatenate(self.xs).astype(np.float64)
+        t = np.concatenate(self.ts)
+        self.xs, self.ts, self.buffered = [], [], 0
+        self.G = blas.dsyrk(1.0, x.T, beta=1.0, c=self.G, trans=0, lower=0, overwrite_c=1)
+        self.B += x.T @ t
+        self.sx += x.sum(axis=0)
+        self.st += t.sum(axis=0)
+        self.n += len(x)
+
+    def solve(self, alpha, scale):
+        """(coef (4, D), intercept (4,)) of ridge regression with penalty alpha on the
+        features times `scale`, the intercept unpenalized (the data centred first)."""
+        from scipy.linalg import blas, cho_factor, cho_solve
+        if self.kernel:
+            x = np.concatenate(self.xs).astype(np.float64)
+            x *= scale
+            t = np.concatenate(self.ts)
+            mu, nu = x.mean(axis=0), t.mean(axis=0)
+            x -= mu
+            k = x @ x.T
+            k.flat[::len(k) + 1] += alpha
+            w = x.T @ cho_solve(cho_factor(k, overwrite_a=True, check_finite=False), t - nu)
+        else:
+            self._flush()
+            n, mu, nu = self.n, self.sx / self.n, self.st / self.n
+            G, self.G = self.G, None                 # factorized in place
+            G *= scale ** 2                          # (s X - s mu)^T (s X - s mu) + alpha I
+            G = blas.dsyr(-n * scale ** 2, mu, lower=0, a=G, overwrite_a=1)
+            G.flat[::self.dim + 1] += alpha
+            rhs = scale * (self.B - n * np.outer(mu, nu))
+            w = cho_solve(cho_factor(G, lower=False, overwrite_a=True, check_finite=False), rhs)
+            mu = mu * scale
+        return w.T, nu - mu @ w
+
+
+KERNEL_ROWS = 0.5          # a class with at most this x D rows is solved in the kernel form
+
+
+def _bbox_groups(counts, dim, budget):
+    """Classes (with at least 2 rows) grouped so that the statistics of a group fit in
+    `budget` bytes (a class larger than the budget alone); per class its mode (kernel when
+    it has at most KERNEL_ROWS x dim rows)."""
+    groups, size = [], budget + 1
+    kernel = {}
+    for c in np.flatnonzero(counts >= 2):
+        kernel[c] = counts[c] <= KERNEL_ROWS * dim
+        need = 2 * counts[c] * dim if kernel[c] else 8 * dim * (dim + _RidgeStats.CHUNK)
+        if size + need > budget or not groups:
+            groups.append([])
+            size = 0
+        groups[-1].append(int(c))
+        size += need
+    return groups, kernel
+
+
 def train_box_regressors(det, images, conv, log=print, progress=True):
-    """Per class, ridge regression from pooled conv5 features to R-CNN's box targets on
-    proposals with IoU >= bbox_iou with a box of that class."""
-    from sklearn.linear_model import Ridge
-    cfg, K = det.config, len(det.classes)
-    xs, ts, cs = [], [], []
-    for im in tqdm(images, desc="pool5 features for box regression", unit="img", disable=not progress):
-        if len(im.gt_boxes) == 0:
-            continue
-        ov, cls = im.max_overlap()
-        rows = np.flatnonzero(~im.is_gt & (ov >= cfg["bbox_iou"]))
-        if rows.size == 0:
-            continue
-        maps, hw = conv.get(im.id, lambda: None)
-        xs.append(det.pooler(maps, im.windows[rows], hw).astype(np.float16))
-        gt = im.gt_boxes[im.match[rows, cls[rows]]]
-        ts.append(regression_targets(im.windows[rows], gt))
-        cs.append(cls[rows])
-    D = det.pool_dim
+    """Per class, ridge regression (lambda = bbox_lambda, an unpenalized intercept) from
+    pooled conv5 features (float16, scaled to a mean norm of feature_norm over the first
+    2,000 rows) to R-CNN's box targets, on proposals with IoU >= bbox_iou with a box of that
+    class; streamed as the module's docstring says. Sets det.bbox_w (K, 4, D), det.bbox_b
+    (K, 4), det.bbox_scale."""
+    cfg, K, D = det.config, len(det.classes), det.pool_dim
     det.bbox_w, det.bbox_b = np.zeros((K, 4, D), np.float32), np.zeros((K, 4), np.float32)
-    if not xs:
+    counts = np.zeros(K, np.int64)
+    for im in images:                                  # geometry only: no features
+        counts += np.bincount(_bbox_rows(im, cfg["bbox_iou"])[1], minlength=K)
+    if counts.sum() == 0:
         log("box regression: no proposal overlaps a ground-truth box by the threshold")
         return
-    x, t, cl = np.concatenate(xs), np.concatenate(ts), np.concatenate(cs)
-    det.bbox_scale = float(cfg["feature_norm"] / max(np.linalg.norm(x[:2000].astype(np.float32), axis=1).mean(), 1e-6))
-    for c in range(K):
-        sel = np.flatnonzero(cl == c)
-        if sel.size < 2:
-            continue
-        r = Ridge(alpha=cfg["bbox_lambda"]).fit(x[sel].astype(np.float32) * det.bbox_scale, t[sel])
-        det.bbox_w[c], det.bbox_b[c] = r.coef_, r.intercept_
-    log(f"box regressors trained on {len(x)} proposals (IoU >= {cfg['bbox_iou']})")
+    groups, kernel = _bbox_groups(counts, D, cfg["bbox_stats_mb"] * 2 ** 20)
+    norms, n_norms = [], 0                             # of the first 2,000 rows, for the scale
+    for g, group in enumerate(groups or [[]]):
+        stats = {c: _RidgeStats(D, kernel[c]) for c in group}
+        for im in tqdm(images, desc=f"pool5 features for box regression ({g + 1}/{max(len(groups), 1)})",
+                       unit="img", disable=not progress):
+            rows, cls = _bbox_rows(im, cfg["bbox_iou"])
+            mine = np.isin(cls, group)
+            need = mine | (n_norms < 2000)
+            if not need.any():
+                continue
+            maps, hw = conv.get(im.id, lambda: None)
+            x = det.pooler(maps, im.windows[rows[need]], hw).astype(np.float16)
+            if n_norms < 2000:
+                norms.append(np.linalg.norm(x[:2000 - n_norms].astype(np.float32), axis=1))
+                n_norms += len(norms[-1])
+            x, r, cl = x[mine[need]], rows[mine], cls[mine]
+            if len(r) == 0:
+                continue
+            t = regression_targets(im.windows[r], im.gt_boxes[im.match[r, cl]])
+            for c in np.unique(cl):
+                stats[c].add(x[cl == c], t[cl == c])
+        if g == 0:
+            det.bbox_scale = float(cfg["feature_norm"] / max(np.concatenate(norms).mean(), 1e-6))
+        for c in group:
+            det.bbox_w[c], det.bbox_b[c] = stats.pop(c).solve(cfg["bbox_lambda"], det.bbox_scale)
+    log(f"box regressors trained on {counts.sum()} proposals (IoU >= {cfg['bbox_iou']}), "
+        f"{len(groups)} pass(es) over the images")
