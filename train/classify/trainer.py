@@ -339,7 +339,7 @@ class Trainer:
             self.model.params.zero_grad()
             try:
                 # no NaN scan of every layer input here: the loss check below stops a
-                # diverged run (the scan costs about 1% of a ZF-5 step, docs/design.md)
+                # diverged run (bench_nets.py --contract times what the scan costs)
                 with finite_checks(False):
                     loss = net.loss(x, labels, train=True)
             except FloatingPointError:
