@@ -340,3 +340,17 @@ def test_layers_without_a_name_get_unique_names():
     a.setup((1, 1, 5, 5), params)
     b.setup((1, 1, 5, 5), params)
     assert a.name != b.name and len(params) == 4
+
+
+@pytest.mark.parametrize("kernel, stride, pad", [(7, 2, 1), (3, 1, 1), (5, 2, 0)])
+def test_conv_in_bands_equals_the_whole_gemm(rng, monkeypatch, kernel, stride, pad):
+    import layers.conv as conv_module
+    params = Params(np.float64)
+    conv = Conv(4, kernel, stride, pad, name="c", std=0.1)
+    conv.setup((2, 3, 23, 19), params, rng)
+    x = rng.standard_normal((2, 3, 23, 19))
+    whole = conv.forward(x, train=True)
+    monkeypatch.setattr(conv_module, "WORKSPACE_BYTES", 1)      # one output row per band
+    assert conv.band_rows(x.dtype) == 1
+    banded = conv.forward(x, train=False)
+    np.testing.assert_allclose(banded, whole, rtol=1e-12, atol=1e-12)
