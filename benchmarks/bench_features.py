@@ -4,13 +4,20 @@
    shorter side is s, through ZF-5's conv layers, SPP (6,3,2,1), fc6 and fc7 (batch 1, the
    image's own aspect ratio), minispp against the same net in PyTorch CPU with the same
    weights and inputs, same process, same threads. Images/s and the ratio minispp / torch.
+   Then the same inputs batched by equal shape (--batch at most, train.features.extract's
+   grouping): images/s against one at a time, side by side.
 2. The whole `minispp features` path (decode, resize, forward, HDF5 cache of fc7 and spp),
-   images/s, at the same scales.
+   images/s, at the same scales, at batch 1 and at --batch in the same run, and the largest
+   difference between their features (the GEMMs sum in another order at another batch size).
+   The embedded set's sizes are random (300-500 pixels a side), so few images share an input
+   shape; --voc-sizes resizes its images to 500x375, 375x500 and 500x333 in turn (sizes
+   common in VOC 2007), so that shapes repeat as in the real data.
 3. The SVM stage on fc7 caches of trainval and test: l2-normalize, C search on 20% of the
    training data, one LinearSVC per class, AP: seconds (on synthetic 4096-d features shaped
    like fc7's, so that the figure does not depend on a trained model).
 
     python benchmarks/bench_features.py --images 24 --scales 224,392
+    python benchmarks/bench_features.py --images 60 --voc-sizes --batch 16
     python benchmarks/bench_features.py --voc /data/VOCdevkit --checkpoint runs/zf5/best.h5
 """
 import argparse
@@ -28,7 +35,8 @@ from timing import median_time  # noqa: E402
 import nets  # noqa: E402
 from minispp.data.embedded import make_voc  # noqa: E402
 from minispp.data.voc import VOCDataset  # noqa: E402
-from train.features.extract import LayerTaps, extract, view_input  # noqa: E402
+from minispp.storage.feature_cache import read_cache  # noqa: E402
+from train.features.extract import LayerTaps, extract, fresh_net, view_input  # noqa: E402
 from train.features.svm import voc_classification  # noqa: E402
 
 try:
@@ -46,6 +54,21 @@ def random_checkpoint(path, classes):
     return path
 
 
+def voc_sized_copy(voc, dest):
+    """A copy of a VOC-layout folder whose images are resized to 500x375, 375x500 and 500x333
+    (w x h) in turn; the annotations are copied as they are (only the features are timed)."""
+    import shutil
+    from PIL import Image
+    sizes = [(500, 375), (375, 500), (500, 333)]
+    shutil.copytree(voc, dest)
+    folder = os.path.join(dest, "JPEGImages")
+    for k, name in enumerate(sorted(os.listdir(folder))):
+        path = os.path.join(folder, name)
+        with Image.open(path) as img:
+            img.convert("RGB").resize(sizes[k % len(sizes)], Image.BILINEAR).save(path, quality=90)
+    return dest
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--voc", help="a VOC devkit whose trainval split is timed (default: a "
@@ -55,9 +78,16 @@ def main():
     ap.add_argument("--scales", default="224,392")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--svm-images", type=int, default=300, help="trainval and test images for the SVM stage")
+    ap.add_argument("--batch", type=int, default=16, help="batch size of the batched rates (against 1)")
+    ap.add_argument("--voc-sizes", action="store_true", help="resize the generated images to "
+                    "500x375, 375x500 and 500x333 in turn, so that input shapes repeat")
     args = ap.parse_args()
+    if args.voc_sizes and args.voc:
+        ap.error("--voc-sizes resizes the generated set's images; it is not for --voc")
     tmp = tempfile.mkdtemp(prefix="bench-features-")
     voc = args.voc or make_voc(os.path.join(tmp, "voc"), trainval=args.images, test=1)
+    if args.voc_sizes:
+        voc = voc_sized_copy(voc, os.path.join(tmp, "voc-sizes"))
     train_ds = VOCDataset(voc, "trainval")
     ckpt = args.checkpoint or random_checkpoint(os.path.join(tmp, "zf5.h5"), len(train_ds.classes))
     model = nets.load(ckpt)
@@ -89,11 +119,36 @@ def main():
             t_ref = median_time(theirs, args.repeat, warmup=1)
             line += f" | torch {n / t_ref:6.2f} img/s | ratio (time) {t_ours / t_ref:.2f}"
         print(line)
-        outs = {k: os.path.join(tmp, f"bench-{s}-{k}.h5") for k in ("spp", "fc7")}
-        r = extract(ckpt, "voc", voc, "trainval", ["spp", "fc7"], s, "full", outs,
-                    progress=False, workers=2)
+        groups = {}
+        for x in xs:
+            groups.setdefault(x.shape, []).append(x)
+        batches = [np.concatenate(g[k:k + args.batch]) for g in groups.values()
+                   for k in range(0, len(g), args.batch)]
+
+        def batched():                  # one net alive, as the extraction keeps it
+            kept = {}
+            for x in batches:
+                if x.shape[2:] not in kept:
+                    kept.clear()
+                    kept[x.shape[2:]] = fresh_net(model, args.batch, x.shape[2:])
+                taps(kept[x.shape[2:]], x)
+        t_batched = median_time(batched, args.repeat, warmup=1)
+        print(f"       batched by equal shape (batch <= {args.batch}, {len(groups)} shapes, "
+              f"{len(batches)} passes): {n / t_batched:6.2f} img/s vs one at a time "
+              f"{n / t_ours:6.2f} img/s (x{t_ours / t_batched:.2f})")
+        rates, feats = {}, {}
+        for b in (1, args.batch):
+            outs = {k: os.path.join(tmp, f"bench-{s}-b{b}-{k}.h5") for k in ("spp", "fc7")}
+            r = extract(ckpt, "voc", voc, "trainval", ["spp", "fc7"], s, "full", outs,
+                        batch=b, progress=False, workers=2)
+            rates[b] = r["images_per_s"]
+            feats[b] = {k: read_cache(p).features for k, p in outs.items()}
+        diff = ", ".join(f"{k} {np.abs(feats[args.batch][k] - feats[1][k]).max():.2g} "
+                         f"(of max {np.abs(feats[1][k]).max():.3g})" for k in feats[1])
         print(f"       whole `minispp features` path (decode, resize, forward, HDF5 cache), "
-              f"{r['computed']} images: {r['images_per_s']:.2f} img/s")
+              f"{r['computed']} images: batch 1 {rates[1]:.2f} img/s | batch {args.batch} "
+              f"{rates[args.batch]:.2f} img/s (x{rates[args.batch] / rates[1]:.2f}); "
+              f"max |difference| {diff}")
     # the SVM stage, on features of fc7's size and sparsity (ReLU), 10 classes
     rng = np.random.default_rng(0)
     k = len(train_ds.classes)

@@ -9,20 +9,27 @@ Views (the paper's comparison):
 Layers: "pool5" (the finest pyramid level, 6x6 for (6, 3, 2, 1); the last pool of a no-SPP
 net), "spp" (the whole pyramid vector), "fc6" and "fc7" (after their ReLU; dropout is off).
 
-One pass over the images fills the caches of several layers at once. Images of one shape
-are batched together. A missing or unreadable image is an error naming the file (missing
-files are found before anything is written); with skip_unreadable (``--skip-unreadable``)
-it is reported, flagged invalid in the cache and given zero features, and ``minispp svm``
-lists and leaves out such images. Caches are resumable (minispp.storage.feature_cache).
+One pass over the images fills the caches of several layers at once. Images whose inputs
+have the same shape are batched together across the whole split (plan_batches): a batch is
+never padded, since the zero padding of the convolutions, the pooling windows, the SPP bins
+(docs/design.md, "SPP bins") and the mean image warped to each input size (docs/design.md,
+"Input normalization") all depend on the input's exact size. A missing or unreadable image
+is an error naming the file (missing files are found before anything is written); with
+skip_unreadable (``--skip-unreadable``) it is reported, flagged invalid in the cache and
+given zero features, and ``minispp svm`` lists and leaves out such images. Caches are
+resumable (minispp.storage.feature_cache).
 
 Labels are indices into the data set's class list, the same for every split, and that list
 is part of each cache's identity: the classes of the devkit (README, "Readers"), or the
 training split's class folders; never what one split happens to contain.
 """
+import bisect
 import os
+import tempfile
 import time
 
 import numpy as np
+from PIL import Image
 from tqdm import tqdm
 
 import minispp  # noqa: F401
@@ -31,9 +38,10 @@ from layers import ReLU
 from minispp.data.caltech import Caltech101
 from minispp.data.imagefolder import BadImage, ImageFolder
 from minispp.data.loader import BatchLoader
-from minispp.data.transforms import crop, resize_min_side, resize_to, to_input
+from minispp.data.transforms import crop, min_side_shape, resize_min_side, resize_to, to_input
 from minispp.data.voc import VOC_CLASSES, VOCDataset, find_year_folder
 from minispp.geometry import spp_level_columns
+from minispp.net import Net
 from minispp.storage.feature_cache import CacheWriter
 
 LAYERS = ("pool5", "spp", "fc6", "fc7")
@@ -60,6 +68,7 @@ class LayerTaps:
     def __init__(self, model, layers):
         names = [s.name for s in model.specs]
         pool5 = model.specs[model.trunk_length]
+        self.pool_index = model.trunk_length
         self.taps = {}
         for layer in layers:
             if layer not in LAYERS:
@@ -90,12 +99,29 @@ class LayerTaps:
         return slice(*columns[list(model.spp).index(max(model.spp))])
 
     def __call__(self, net, x):
-        """{layer: (B, D) float32} for one batch x of the net's input size."""
+        """{layer: (B, D) float32} for one batch x of the net's input size.
+
+        The conv layers and the pooling or SPP layer (Sec. 2.3) run on the whole batch; the
+        fully connected layers after it run one image at a time: a (1, D) product sums as
+        a batch of one does, so fc6 and fc7 add no difference of their own to the batch's;
+        and on the CPU it is the faster one at the small batches that full images of mixed
+        sizes make (ZF-5's fc6, measured on 2 cores: about 24 ms an image as (1, D), 100 to
+        250 ms a call as (B, D) for B from 2 to 16)."""
         wanted = {}
         for layer, (name, cols) in self.taps.items():
             wanted.setdefault(name, []).append((layer, cols))
+        pool = net.layers[self.pool_index].name
+        head = [n for n in wanted if net.index(n) > self.pool_index]
+        outputs = net.outputs(x, (set(wanted) - set(head)) | ({pool} if head else set()))
+        if head:
+            start = net.layers[self.pool_index + 1].name
+            rows = [{n: np.array(h) for n, h in
+                     net.outputs(outputs[pool][j:j + 1], head, start=start).items()}
+                    for j in range(len(x))]
+            outputs.update((n, np.concatenate([r[n] for r in rows])) for n in head)
         out = {}
-        for name, h in net.outputs(x, wanted).items():
+        for name in wanted:
+            h = outputs[name]
             flat = h.reshape(len(h), -1)
             for feat, cols in wanted[name]:
                 out[feat] = np.array(flat if cols is None else flat[:, cols], dtype=np.float32)
@@ -210,8 +236,12 @@ def extract(checkpoint, kind, root, split, layers, scale, view, outs, batch=16, 
     unfinished ones resumed, mismatched ones refused (CacheMismatch), and any other existing
     file at a path refused. A missing or unreadable image is a ValueError naming it (a
     missing one before anything is written) unless skip_unreadable: then it is reported and
-    flagged invalid with a zero row. Returns {"paths": {layer: path}, "images": n,
-    "computed": images run now, "seconds": s, "images_per_s": rate, "skipped": [messages]}."""
+    flagged invalid with a zero row. Images run in batches of at most `batch` of one input
+    shape, wherever they are in the split (plan_batches); memory holds one batch, the one
+    net that runs it, the loader's 2 x batch prefetched inputs and one shard, whatever the
+    number of images (rows computed ahead of their shard wait on disk: _Spill).
+    Returns {"paths": {layer: path}, "images": n, "computed": images run now,
+    "seconds": s, "images_per_s": rate, "skipped": [messages]}."""
     layers = list(layers)
     check_arguments(layers, scale, view, batch, workers, shard_size)
     scale = int(scale)
@@ -256,57 +286,72 @@ def extract(checkpoint, kind, root, split, layers, scale, view, outs, batch=16, 
     def make(img, rng):
         return view_input(img, view, scale, mean, pixel_scale)
 
-    loader = BatchLoader(_Indexed(dataset, skip_unreadable), order, 1, make, seed=(0,),
+    t0 = time.perf_counter()
+    shapes = {int(i): input_shape(dataset, int(i), view, scale) for i in order}
+    steps = plan_batches(todo, shapes, batch)
+    work = np.array([i for kind_, what in steps if kind_ == "run" for i in what], dtype=np.int64)
+    loader = BatchLoader(_Indexed(dataset, skip_unreadable), work, 1, make, seed=(0,),
                          workers=workers, prefetch=max(4, 2 * batch))
     bar = tqdm(total=len(order), desc=f"features {view} s={scale}", unit="img",
                disable=not progress)
-    t0 = time.perf_counter()
-    shard_of = {i: (a, b) for a, b in todo for i in range(a, b)}
-    buffers = {}                    # shard start -> {index: {layer: vector}}
-    pending = []                    # (index, input) not yet run
+    spill = _Spill(os.path.dirname(paths[0]))
+    dims = {}                       # layer -> feature length, once a batch has run
+    nets_kept = {}                  # the one net alive: (h, w) -> net
 
     def run(items):
+        """Forward the loaded (index, input) pairs, equal shapes together (an input whose
+        shape differs from the planned one, e.g. a header that misled, gets its own batch),
+        and keep each image's features on disk until its shard is written."""
         by_shape = {}
         for i, x in items:
             by_shape.setdefault(x.shape, []).append((i, x))
         for shape, group in by_shape.items():
             for k in range(0, len(group), batch):
                 part = group[k:k + batch]
-                net = model.instance(batch, shape[1:])
-                feats = taps(net, np.stack([x for _, x in part]))
+                if shape[1:] not in nets_kept:
+                    nets_kept.clear()           # free the last net's buffers first
+                    nets_kept[shape[1:]] = fresh_net(model, batch, shape[1:])
+                feats = taps(nets_kept[shape[1:]], np.stack([x for _, x in part]))
+                dims.update((layer, feats[layer].shape[1]) for layer in layers)
                 for j, (i, _) in enumerate(part):
-                    buffers[shard_of[i][0]][i] = {layer: feats[layer][j] for layer in layers}
+                    spill.put(i, [feats[layer][j] for layer in layers])
 
-    def flush(upto_index):
-        """Write every shard whose images all have been seen (read or skipped)."""
-        for a, b in [r for r in todo if r[0] in buffers and r[1] - 1 <= upto_index]:
-            got = buffers.pop(a)
-            for layer, w in writers.items():
-                if not os.path.exists(w._shard_path(a)) and not w.complete:
-                    dim = next(iter(got.values()))[layer].shape[0] if got else _dim(model, taps, layer, scale)
-                    feats = np.zeros((b - a, dim), dtype=np.float32)
-                    valid = np.zeros(b - a, dtype=bool)
-                    for i, v in got.items():
-                        feats[i - a], valid[i - a] = v[layer], True
-                    w.write(a, feats, valid)
+    def write(a, b):
+        """Write shard [a, b) of every cache still missing it: rows read back from the
+        spill; an image that was not computed (skipped as unreadable) is a zero row
+        flagged invalid."""
+        rows = {i: spill.take(i) for i in range(a, b) if i in spill}
+        for k, (layer, w) in enumerate(writers.items()):
+            if os.path.exists(w._shard_path(a)) or w.complete:
+                continue
+            dim = dims[layer] if layer in dims else _dim(model, taps, layer, scale)
+            feats = np.zeros((b - a, dim), dtype=np.float32)
+            valid = np.zeros(b - a, dtype=bool)
+            for i, v in rows.items():
+                feats[i - a], valid[i - a] = v[k], True
+            w.write(a, feats, valid)
 
-    for a, _ in todo:
-        buffers[a] = {}
+    loaded = iter(loader)
     try:
-        for _, x, idx in loader:
-            i = int(idx[0])
-            pending.append((i, x[0]))
-            bar.update(1)
-            shard_end = shard_of[i][1] - 1
-            if len(pending) >= batch or i == shard_end:
-                run(pending)
-                pending = []
-                flush(i)
-        if pending:
-            run(pending)
-        flush(len(ids))
+        nxt = next(loaded, None)
+        position = 0                # of the next image in `work`
+        for kind_, what in steps:
+            if kind_ == "write":
+                write(*what)
+                continue
+            items = []
+            for i in what:          # the loader yields `work` in order, less skipped images
+                if nxt is not None and nxt[0] == position:
+                    items.append((i, nxt[1][0]))
+                    nxt = next(loaded, None)
+                    bar.update(1)
+                position += 1
+            run(items)
     finally:
+        loaded.close()              # stops the loader's threads on an error
         bar.close()
+        spill.close()
+        nets_kept.clear()
     seconds = time.perf_counter() - t0
     paths = {layer: w.finish() for layer, w in writers.items()}
     return {"paths": paths, "images": len(ids), "computed": int(len(order)), "seconds": seconds,
@@ -314,10 +359,132 @@ def extract(checkpoint, kind, root, split, layers, scale, view, outs, batch=16, 
             "skipped": loader.skipped}
 
 
+def input_shape(dataset, i, view, s):
+    """(h, w) of image i's input in a view at scale s, known before decoding: s x s for crop
+    and warp; for full, the shorter side resized to s (Sec. 3.2) from the file's header,
+    its EXIF orientation applied as the reader does. None when the header cannot be read
+    (the loader then reports the image). Only the batching plan uses it: each batch is
+    regrouped by the inputs' real shapes before the forward pass."""
+    if view != "full":
+        return (int(s), int(s))
+    try:
+        with Image.open(image_path(dataset, i)) as img:
+            h, w = img.height, img.width
+            if img.getexif().get(0x0112) in (5, 6, 7, 8):    # a quarter turn: sides swap
+                h, w = w, h
+        return min_side_shape(h, w, s)
+    except Exception:                                        # unreadable: reported later
+        return None
+
+
+# Pending shards whose images of a shape run together, in consecutive batches, when the
+# first shard among them needs that shape (plan_batches): a net is rebuilt, and its buffers
+# allocated again, at every change of input shape, which makes ZF-5's batches at 224 about
+# a quarter slower (measured: 4.8 against 6.0 images/s at batch 16, one BLAS thread).
+AHEAD_SHARDS = 8
+
+
+def plan_batches(todo, shapes, batch, ahead=AHEAD_SHARDS):
+    """The order of the work: a list of ("run", [indices]) and ("write", (a, b)) steps.
+
+    todo: the pending shard ranges (a, b) in row order; shapes: {index: input shape}. The
+    shards are finished in row order. For shard (a, b), each of its images not yet run
+    starts a run of its shape: every image of that shape not yet run in this shard and the
+    next ahead - 1 pending shards, in consecutive batches of `batch`, the last one filled up
+    with the next images of that shape in row order wherever they are in the split; then
+    the shard is written. So equal shapes are batched together across the whole split, a
+    shape's batches come one after another (the net is kept), every image runs once, and
+    shards are written in order as soon as they can be: a killed run loses only the images
+    computed ahead of their shard (minispp.storage.feature_cache resumes the rest).
+    Batches are never padded: equal input shapes only (module docstring)."""
+    queues = {}
+    for a, b in todo:
+        for i in range(a, b):
+            queues.setdefault(shapes.get(i), []).append(i)
+    front = dict.fromkeys(queues, 0)            # per shape: how many have run
+    done, steps = set(), []
+    for t, (a, b) in enumerate(todo):
+        horizon = todo[min(t + ahead, len(todo)) - 1][1]
+        for i in range(a, b):
+            if i in done:
+                continue
+            key = shapes.get(i)
+            q, lo = queues[key], front[key]
+            assert q[lo] == i                   # the earliest of its shape not yet run
+            n = bisect.bisect_left(q, horizon, lo) - lo
+            n = min(len(q) - lo, -(-n // batch) * batch)
+            for k in range(lo, lo + n, batch):
+                steps.append(("run", q[k:min(k + batch, lo + n)]))
+            done.update(q[lo:lo + n])
+            front[key] = lo + n
+        steps.append(("write", (a, b)))
+    return steps
+
+
+class _Spill:
+    """The features of images computed before their shard is written (every computed row,
+    until the shard's write reads it back), in an unnamed temporary file beside the cache:
+    memory holds one batch and one shard whatever the number of images, and a killed run
+    leaves no file behind. Rows are the layers' vectors one after another, in fixed-size
+    slots that are reused once read."""
+
+    def __init__(self, folder):
+        self.folder, self.file = folder, None
+        self.slots, self.free, self.used = {}, [], 0
+        self.sizes = None
+
+    def __contains__(self, i):
+        return i in self.slots
+
+    def put(self, i, vectors):
+        row = np.concatenate([np.asarray(v, dtype=np.float32).ravel() for v in vectors])
+        if self.file is None:
+            os.makedirs(self.folder, exist_ok=True)     # the first shard would make it anyway
+            self.file = tempfile.TemporaryFile(dir=self.folder, prefix=".minispp-features-")
+            self.sizes = [int(np.size(v)) for v in vectors]
+        slot = self.free.pop() if self.free else self.used
+        self.used = max(self.used, slot + 1)
+        data = row.tobytes()
+        os.pwrite(self.file.fileno(), data, slot * len(data))
+        self.slots[i] = slot
+
+    def take(self, i):
+        """The vectors stored for image i (its slot is freed)."""
+        slot = self.slots.pop(i)
+        nbytes = 4 * sum(self.sizes)
+        data = os.pread(self.file.fileno(), nbytes, slot * nbytes)
+        if len(data) != nbytes:
+            raise OSError(f"short read from the feature spill file ({len(data)} of {nbytes} bytes)")
+        self.free.append(slot)
+        row = np.frombuffer(data, dtype=np.float32)
+        return np.split(row, np.cumsum(self.sizes)[:-1])
+
+    def close(self):
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+
 def _dim(model, taps, layer, scale):
     """Feature length of a layer when a whole shard was unreadable (no vector to copy)."""
     x = np.zeros((1, 3, scale, scale), dtype=np.float32)
-    return taps(model.instance(1, (scale, scale)), x)[layer].shape[1]
+    return taps(fresh_net(model, 1, (scale, scale)), x)[layer].shape[1]
+
+
+def fresh_net(model, batch, size):
+    """The model's net for (batch, 3, h, w) input, sharing its parameters, but not one of
+    the instances the model keeps (nets.Model.instance, docs/design.md "Net and Model"): a
+    net holds the activations and buffers of its last batch, so the extraction keeps only
+    the net it runs, and its memory is bounded by the batch size at the largest input,
+    however many input sizes the images have."""
+    h, w = size
+    net = Net([s.make() for s in model.specs], name=f"{model.definition}@{h}x{w}")
+    try:
+        net.setup((int(batch), 3, int(h), int(w)), model.params, model.rng)
+    except ValueError:
+        model.instance(batch, size)     # raises the model's own explanation where it has one
+        raise
+    return net
 
 
 def output_paths(out, layers, scales):
