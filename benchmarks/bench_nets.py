@@ -17,7 +17,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")   # an entry point: before NumPy loads (train.cli)
 import numpy as np  # noqa: E402
-from timing import median_time  # noqa: E402
+from timing import median_time, paired_times  # noqa: E402
 from minispp.layer import finite_checks  # noqa: E402
 from minispp.solver import SGD  # noqa: E402
 from nets import build, parse_size, parse_spp  # noqa: E402
@@ -96,11 +96,20 @@ def main():
             line.append(f"   ratio (time minispp / torch): forward {f / rf:.2f}, forward+backward "
                         f"{fb / rfb:.2f}, training step {st / rst:.2f}")
         if args.contract:
-            fb_dx = median_time(lambda: ours_train(input_grad=True), args.repeat)
-            fb_scan = median_time(lambda: ours_train(scan=True), args.repeat)
-            line.append(f"   forward+backward also computing d/d image (no propagate_down): "
-                        f"{B / fb_dx:6.1f} img/s, {fb_dx / fb:.3f}x the time; with the NaN scan of "
-                        f"every layer input: {B / fb_scan:6.1f} img/s, {fb_scan / fb:.3f}x the time")
+            # the three variants interleaved, in a rotating order each round, so that drift of
+            # a shared machine (another process, the clock) falls on all three alike; the
+            # ratios are medians of each round's ratios
+            variants = {"base": ours_train, "dx": lambda: ours_train(input_grad=True),
+                        "scan": lambda: ours_train(scan=True)}
+            rounds = paired_times(variants, max(args.repeat, 5))
+            med = {k: float(np.median(v)) for k, v in rounds.items()}
+            r_dx = float(np.median(np.array(rounds["dx"]) / np.array(rounds["base"])))
+            r_scan = float(np.median(np.array(rounds["scan"]) / np.array(rounds["base"])))
+            line.append(f"   contract, {len(rounds['base'])} interleaved rounds: forward+backward "
+                        f"{B / med['base']:6.1f} img/s; also computing d/d image (no "
+                        f"propagate_down) {B / med['dx']:6.1f} img/s, {r_dx:.3f}x the time; with "
+                        f"the NaN scan of every layer input {B / med['scan']:6.1f} img/s, "
+                        f"{r_scan:.3f}x the time")
         print("\n".join(line))
         if not args.no_layers:
             prof = net.profile(x, labels)
