@@ -470,3 +470,29 @@ def test_streaming_box_regression_is_ridge_on_the_stacked_rows(ckpt, voc, tmp_pa
                 np.testing.assert_allclose(det.bbox_b[c], want[c].intercept_, rtol=1e-5, atol=1e-6)
             else:
                 assert not det.bbox_w[c].any() and not det.bbox_b[c].any()
+
+
+def test_finetuning_holds_at_most_its_cap_of_windows_and_visits_every_image(ckpt, voc, tmp_path):
+    from train.detection.finetune import finetune, image_groups
+    # the groups: one in order when everything fits; else a seeded shuffle covering each image once
+    assert image_groups(5, 10, 100, np.random.default_rng(0)) == [[0, 1, 2, 3, 4]]
+    groups = image_groups(7, 10, 25, np.random.default_rng(0))
+    assert [len(g) for g in groups] == [2, 2, 2, 1]
+    assert sorted(i for g in groups for i in g) == list(range(7))
+    # a pool of 40 windows with 12 sampled per image: 3 images a group, 6 images -> 2 groups
+    det, images, conv = _synthetic_training_set(ckpt, voc, tmp_path, ft_cache_windows=40,
+                                                ft_pos_per_image=4, ft_neg_per_image=8,
+                                                ft_batch=8, ft_iters=30)
+    counting, stats, log = _CountingCache(conv), {}, []
+    history = finetune(det, images, counting, log.append, progress=False, stats=stats)
+    assert len(history) == 30 and np.isfinite(history).all()
+    assert stats["groups"] == 2 and 0 < stats["peak_pool_windows"] <= 40
+    assert counting.reads >= len(images)                   # every image pooled at least once
+    assert "2 groups of images" in log[0]
+    # with a pool that holds every image's windows: one group, the windows pooled once
+    det1, _, _ = _synthetic_training_set(ckpt, voc, tmp_path, ft_pos_per_image=4, ft_neg_per_image=8,
+                                         ft_batch=8, ft_iters=30)
+    counting1, stats1 = _CountingCache(conv), {}
+    finetune(det1, images, counting1, lambda m: None, progress=False, stats=stats1)
+    assert stats1["groups"] == 1 and counting1.reads == len(images)
+    assert stats1["peak_pool_windows"] > 40

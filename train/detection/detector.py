@@ -68,6 +68,9 @@ DEFAULTS = dict(
     # the positives and up to 1.25 x this many windows per class in float16 (8 KB each for
     # fc7, 25 KB for ZF-5's pool5): 20 classes x 25,000 x 8 KB = 4 GB at most for fc7
     svm_cache_windows=20000,
+    # the most sampled windows fine-tuning holds pooled at once (train/detection/finetune.py):
+    # 20,000 x 25 KB = 512 MB for ZF-5's pool5; more images are visited in groups
+    ft_cache_windows=20000,
     # MB of float64 box-regression statistics held at once (X^T X is D x D per class: 1.25
     # GiB for pool5 of ZF-5, so 3 classes per pass over the images at 4096)
     bbox_stats_mb=4096,

@@ -45,7 +45,7 @@ def svm_negatives(image, c, neg_iou=0.3, neg_neg=0.7):
     """Rows of image.windows that are negatives for class c: proposals with IoU <= neg_iou
     with every ground-truth box of c, dropping any that overlaps an earlier kept negative by
     more than neg_neg (proposals are in rank order)."""
-    cand = np.flatnonzero(~image.is_gt & (image.overlap[:, c] <= neg_iou))
+    cand = np.flatnonzero(~image.is_gt & (image.class_overlap(c) <= neg_iou))
     if cand.size == 0:
         return cand
     keep = nms(image.windows[cand], -np.arange(len(cand), dtype=np.float64), neg_neg)
