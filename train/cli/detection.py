@@ -153,7 +153,8 @@ def cmd_detect_test(a):
     for c, ap in r["bbox"]["per_class"].items():
         print(f"  {c:>14s}: AP {ap:.1%} ({r['no_bbox']['per_class'][c]:.1%} without box regression)")
     print(f"VOC07 detection mAP {r['bbox']['mAP']:.2%} with box regression, "
-          f"{r['no_bbox']['mAP']:.2%} without; {r['images']} images, scales {r['scales']}")
+          f"{r['no_bbox']['mAP']:.2%} without; {r['images']} images, scales {r['scales']}; "
+          f"{r['seconds_per_image_scoring']:.2f} s per image, peak memory {r['peak_rss_mb']:.0f} MiB")
     loc = r["localization"]
     print(f"box regression on the {loc['windows']} proposals with IoU in [0.5, 0.9) with an object: "
           f"mean IoU {loc['mean_iou_before']:.3f} -> {loc['mean_iou_after']:.3f}")

@@ -36,6 +36,7 @@ from minispp.data.voc import VOCDataset
 from minispp.geometry import spp_output_length
 from nets.specs import Spec
 from train.detection.finetune import finetune
+from train.resources import peak_rss_mb
 from train.detection.svms import train_box_regressors, train_svms
 from train.detection.windows import (
     FIVE_SCALES,
@@ -255,12 +256,14 @@ def train_detector(voc, checkpoint, out, split="trainval", limit=None, progress=
     t0 = time.perf_counter()
     images, conv = prepare_images(ds, out, det, progress, limit, precomputed)
     times = {"proposals_and_conv5": time.perf_counter() - t0}
+    peak_mb = {"proposals_and_conv5": peak_rss_mb()}      # the peak so far, after each stage
     if det.config["svm_C"] is None:
         det.config["svm_C"] = svm_C_for(len(images))
         log(f"SVM C = 0.001 x 5011 / {len(images)} images = {det.config['svm_C']:.4g}")
     t = time.perf_counter()
     finetune(det, images, conv, log, progress)
     times["finetune"] = time.perf_counter() - t
+    peak_mb["finetune"] = peak_rss_mb()
     times["svms"] = times["bbox"] = 0.0
     index = {image_id: i for i, image_id in enumerate(ds.ids)}
     for scales in det.config["svm_scales"]:          # SVMs and regressors for each test scale set
@@ -270,18 +273,24 @@ def train_detector(voc, checkpoint, out, split="trainval", limit=None, progress=
             if not maps.has(im.id):
                 maps.get(im.id, lambda i=index[im.id]: ds.load(i)[0])
         times[f"conv5 {scales_key(scales)}"] = time.perf_counter() - t
+        peak_mb[f"conv5 {scales_key(scales)}"] = peak_rss_mb()
         log(f"SVMs and box regressors on features at {scales_key(scales)}:")
         t = time.perf_counter()
         train_svms(det, images, maps, log, progress)
         times["svms"] += time.perf_counter() - t
+        peak_mb[f"svms {scales_key(scales)}"] = peak_rss_mb()
         t = time.perf_counter()
         train_box_regressors(det, images, maps, log, progress)
         times["bbox"] += time.perf_counter() - t
+        peak_mb[f"bbox {scales_key(scales)}"] = peak_rss_mb()
         det.keep_scorer(scales)
     det.save(os.path.join(out, "detector.h5"), {"train_split": split, "voc": os.path.abspath(voc),
                                                 "train_images": len(images)})
+    peak_mb["selective search workers"] = peak_rss_mb(children=True)
+    log("peak resident memory (MiB) after each stage: " +
+        ", ".join(f"{k} {v:.0f}" for k, v in peak_mb.items()))
     with open(os.path.join(out, "train_log.json"), "w") as fh:
-        json.dump({"log": lines, "seconds": times,
+        json.dump({"log": lines, "seconds": times, "peak_rss_mb": peak_mb,
                    "config": det.config_json()},
                   fh, indent=1)
     return det

@@ -11,6 +11,7 @@ from minispp.data.voc import VOCDataset
 from minispp.detection.boxes import apply_regression, clip, iou, nms
 from minispp.detection.proposals import ProposalCache
 from train.detection.windows import scale_caches
+from train.resources import peak_rss_mb
 
 
 def score_windows(det, maps, hw, boxes, scorer="svm", bbox=True):
@@ -123,7 +124,7 @@ def evaluate_detector(det, voc, split="test", workdir=None, scales=None, scorer=
         t_total += time.perf_counter() - t0
     result = {"split": split, "images": n, "scales": list(scales), "scorer": scorer,
               "models": 1 + len(others), "svms_trained_at": used,
-              "seconds_per_image_scoring": t_total / max(n, 1)}
+              "seconds_per_image_scoring": t_total / max(n, 1), "peak_rss_mb": peak_rss_mb()}
     before, after = (np.concatenate([m[k] for m in moved]) for k in (0, 1))
     result["localization"] = {"windows": int(before.size),
                               "mean_iou_before": float(before.mean()) if before.size else float("nan"),
