@@ -16,7 +16,8 @@ EXAMPLES = {
 layout: DIR/train/<class>/<images> and DIR/val/<class>/<images> (ImageNet class folders)""",
     "test": """examples:
   minispp test --checkpoint runs/zf5/checkpoint.h5 --data data/embedded --split val --view 10view --json r.json
-  minispp test --checkpoint runs/zf5/best.h5 --data data/embedded --view full""",
+  minispp test --checkpoint runs/zf5/best.h5 --data data/embedded --view full
+  minispp test --checkpoint runs/zf5/best.h5 --data data/embedded --view multiview""",
     "compare": """examples:
   minispp compare --data data/embedded --out runs/compare --seeds 0,1 --epochs 12
   (6 trainings of about 20 minutes each on 2 cores; interrupted runs resume)""",
@@ -66,7 +67,11 @@ def register(sub, fmt):
     e.add_argument("--checkpoint", required=True)
     e.add_argument("--data", required=True)
     e.add_argument("--split", default="val")
-    e.add_argument("--view", default="center", choices=["center", "10view", "full"])
+    e.add_argument("--view", default="center",
+                   choices=["center", "10view", "full", "10view-fm", "multiview"],
+                   help="center crop; 10view: 5 crops and their flips; full: the whole image at "
+                        "s=256; 10view-fm: the 10 views taken on the conv5 maps; multiview: 96 "
+                        "views at 6 scales + 2 full-image views on the conv5 maps (SPP nets)")
     e.add_argument("--batch", type=int, default=32, help="images per forward pass (at least 1)")
     e.add_argument("--workers", type=int, default=2, help="data loading threads (at least 1)")
     e.add_argument("--json", help="write the result here (its folder must exist; checked first)")
@@ -138,8 +143,10 @@ def cmd_test(a):
                       progress=not a.quiet, pixel_scale=pixel_scale)
     result.update({"checkpoint": os.path.abspath(a.checkpoint), "data": os.path.abspath(a.data),
                    "split": a.split, "skipped": len(result["skipped"])})
+    views = f", {result['views_per_image']:.1f} views" if "views_per_image" in result else ""
     print(f"{a.view}: top-1 error {result['top1']:.2%}, top-5 error {result['top5']:.2%} "
-          f"on {result['images']} images ({result['skipped']} skipped)")
+          f"on {result['images']} images ({result['skipped']} skipped); "
+          f"{result['seconds_per_image']:.3f} s per image{views}")
     if a.json:
         with open(a.json, "w") as f:
             json.dump(result, f, indent=1)
