@@ -239,6 +239,16 @@ def test_detector_commands_end_to_end(ckpt, voc, tmp_path, capsys):
                  str(tmp_path / "r3.json"), "--quiet"]) == 0
     assert "not 400: using those of 96" in capsys.readouterr().out
     assert json.load(open(tmp_path / "r3.json"))["svms_trained_at"] == ["96"]
+    # pooling straight from conv5 writes no cache and scores exactly as the cached maps do
+    assert main(["detect-test", "--voc", str(voc), "--model", out, "--scales", "200", "--json",
+                 str(tmp_path / "r4.json"), "--quiet", "--no-conv-cache"]) == 0
+    assert not os.path.exists(os.path.join(out, "conv5-200"))
+    assert main(["detect-test", "--voc", str(voc), "--model", out, "--scales", "200", "--json",
+                 str(tmp_path / "r5.json"), "--quiet"]) == 0
+    assert len(os.listdir(os.path.join(out, "conv5-200"))) == 1 + 3     # identity + 3 images
+    r4, r5 = (json.load(open(tmp_path / f"r{k}.json")) for k in (4, 5))
+    assert r4["bbox"] == r5["bbox"] and r4["no_bbox"] == r5["no_bbox"]
+    assert r4["localization"] == r5["localization"]
     # each scale set has its own SVMs and regressors, all saved
     det = load_detector(out)
     assert set(det.scorers) == {"96", "96,400"}

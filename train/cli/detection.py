@@ -79,6 +79,9 @@ def register(sub, fmt):
                     help="window scores: the SVMs, fc8's softmax, or random (the chance baseline)")
     de.add_argument("--combine", help="a second DETDIR (of the same classes): model combination")
     de.add_argument("--limit", type=int, help="only the first N test images (at least 1)")
+    de.add_argument("--no-conv-cache", action="store_true",
+                    help="compute each test image's conv5 maps and write none (the same "
+                         "scores as the cached maps; no disk for the test split)")
     de.add_argument("--quiet", action="store_true")
     de.set_defaults(run=cmd_detect_test)
 
@@ -149,7 +152,8 @@ def cmd_detect_test(a):
                              f"{a.model} {det.classes}: model combination needs the same classes "
                              f"in the same order")
     r = evaluate_detector(det, a.voc, a.split, workdir=a.model, scales=scales, scorer=a.scorer,
-                          limit=a.limit, progress=not a.quiet, others=others)
+                          limit=a.limit, progress=not a.quiet, others=others,
+                          conv_cache=not a.no_conv_cache)
     for c, ap in r["bbox"]["per_class"].items():
         print(f"  {c:>14s}: AP {ap:.1%} ({r['no_bbox']['per_class'][c]:.1%} without box regression)")
     print(f"VOC07 detection mAP {r['bbox']['mAP']:.2%} with box regression, "

@@ -74,7 +74,7 @@ def combine(dets, nms_thresh=0.3, max_per_image=100):
 
 
 def evaluate_detector(det, voc, split="test", workdir=None, scales=None, scorer="svm",
-                      limit=None, progress=True, others=()):
+                      limit=None, progress=True, others=(), conv_cache=True):
     """Detect on every image of a split and compute VOC07 AP per class, with and without box
     regression. others: more Detectors for model combination (their detections are pooled
     with this one's before the final NMS). Returns a result dict."""
@@ -90,7 +90,8 @@ def evaluate_detector(det, voc, split="test", workdir=None, scales=None, scorer=
     workdir = workdir or "."
     props = ProposalCache(os.path.join(workdir, "proposals"), seed=det.config["seed"],
                           top=det.config["proposals"])
-    convs = [scale_caches(workdir, d.model, scales, d.mean, d.pixel_scale, "" if k == 0 else f"-m{k}")
+    convs = [scale_caches(workdir, d.model, scales, d.mean, d.pixel_scale, "" if k == 0 else f"-m{k}",
+                          write=conv_cache)
              for k, d in enumerate((det,) + tuple(others))]
     used = [d.use_scales(scales) for d in (det,) + tuple(others)]
     n = len(ds) if limit is None else min(limit, len(ds))

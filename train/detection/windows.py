@@ -195,8 +195,32 @@ class ScaleCaches:
         return maps, hw
 
 
-def scale_caches(workdir, model, scales, mean, pixel_scale, suffix=""):
-    """ScaleCaches under workdir/conv5-<s><suffix>/ for each scale s."""
+class DirectConv:
+    """conv5 maps computed when asked and never written: the test-time mode that pools
+    windows straight from conv5 (`detect-test --no-conv-cache`), for a test split whose maps
+    are read once (about 0.9 MB an image at s = 688 in float16, 6 MB at the five scales:
+    docs/design.md, "Memory and disk"). The maps are rounded to float16 as the cache stores
+    them, so scores are those of the cached path, bit for bit."""
+
+    def __init__(self, model, scales, mean, pixel_scale):
+        self.model, self.scales = model, tuple(int(s) for s in scales)
+        self.mean, self.pixel_scale = mean, pixel_scale
+
+    def has(self, image_id):
+        return False
+
+    def get(self, image_id, load_image):
+        """({s: (1, C, h, w) float32}, (H, W) of the original image)."""
+        img = load_image()
+        maps = conv5_maps(self.model, img, self.scales, self.mean, self.pixel_scale)
+        return {s: m.astype(np.float16).astype(np.float32) for s, m in maps.items()}, img.shape[:2]
+
+
+def scale_caches(workdir, model, scales, mean, pixel_scale, suffix="", write=True):
+    """ScaleCaches under workdir/conv5-<s><suffix>/ for each scale s (write=False: a
+    DirectConv, computing every map and writing none)."""
+    if not write:
+        return DirectConv(model, scales, mean, pixel_scale)
     return ScaleCaches(lambda s: os.path.join(workdir, f"conv5-{s}{suffix}"), model, scales,
                        mean, pixel_scale)
 
