@@ -78,8 +78,8 @@ train-zf5: $(STAMP)  ## train ZF-5 + SPP(6,3,2,1), multi-size, on $(DATA) (defau
 	  --epochs $(EPOCHS) --batch $(BATCH) --lr $(LR) --out $(OUT) \
 	  $$( [ -f $(OUT)/checkpoint.h5 ] && echo --resume )
 
-test-zf5: $(STAMP)  ## evaluate $(OUT)/best.h5 on $(DATA)/val with the center, 10-view and full-image views
-	for v in center 10view full; do \
+test-zf5: $(STAMP)  ## evaluate $(OUT)/best.h5 on $(DATA)/val: center, 10-view, full image, 10 views and 98 views on conv5
+	for v in center 10view full 10view-fm multiview; do \
 	  $(PYTHON) -m train test --checkpoint $(OUT)/best.h5 --data $(DATA) --split val --view $$v \
 	    --json $(OUT)/test-$$v.json || exit 1; done
 
