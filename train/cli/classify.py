@@ -8,6 +8,8 @@ import os
 
 from train.cli.common import at_least, ints, writable_file
 
+DEFAULT_FILTERS = 4          # train.classify.visualize.DEFAULT_COUNT (not imported: the CLI loads lazily)
+
 EXAMPLES = {
     "train": """examples:
   minispp train --data data/embedded --net zf5 --spp 6,3,2,1 --mode multi --epochs 10 --batch 32 --out runs/zf5
@@ -21,6 +23,9 @@ layout: DIR/train/<class>/<images> and DIR/val/<class>/<images> (ImageNet class 
     "compare": """examples:
   minispp compare --data data/embedded --out runs/compare --seeds 0,1 --epochs 12
   (6 trainings of about 20 minutes each on 2 cores; interrupted runs resume)""",
+    "visualize": """examples:
+  minispp visualize --checkpoint runs/zf5/best.h5 --images data/embedded/val --layer conv5 --out fig2.png
+  minispp visualize --checkpoint runs/zf5/best.h5 --images data/embedded/val --filters 55,66,118 --top 8 --out fig2.png""",
     "embedded": """examples:
   minispp embedded --out data/embedded                 # 10 classes, 120 train + 30 val images each
   minispp embedded --out /tmp/small --train 20 --val 5 --seed 3
@@ -89,6 +94,22 @@ def register(sub, fmt):
     c.add_argument("--workers", type=int, default=2, help="at least 1")
     c.add_argument("--quiet", action="store_true")
     c.set_defaults(run=cmd_compare)
+
+    v = sub.add_parser("visualize", help="conv feature maps and strongest responses of chosen "
+                                         "filters (the paper's Fig. 2) as a PNG",
+                       epilog=EXAMPLES["visualize"], formatter_class=fmt)
+    v.add_argument("--checkpoint", required=True)
+    v.add_argument("--images", required=True, help="folder of images (sub-folders included)")
+    v.add_argument("--layer", default="conv5", help="a conv-trunk layer (default conv5)")
+    v.add_argument("--filters", help="0-based filter indices such as 55,66,118 (default: the "
+                                     f"{DEFAULT_FILTERS} filters responding most strongly)")
+    v.add_argument("--out", required=True, help="the PNG to write (its folder must exist)")
+    v.add_argument("--scale", type=int, default=256, help="shorter side the images are resized "
+                                                          "to (at least 32; default 256)")
+    v.add_argument("--limit", type=int, default=100, help="images read, in path order (at least 1)")
+    v.add_argument("--top", type=int, default=6, help="strongest regions per filter (at least 1)")
+    v.add_argument("--maps", type=int, default=3, help="images whose maps are shown (at least 1)")
+    v.set_defaults(run=cmd_visualize)
 
     bl = sub.add_parser("baselines", help="colour-histogram and tiny-crop linear SVM accuracies",
                         epilog="examples:\n  minispp baselines --data data/embedded", formatter_class=fmt)
@@ -164,6 +185,25 @@ def cmd_compare(a):
     table = run_comparison(a.data, a.out, seeds=seeds, epochs=a.epochs, batch=a.batch, lr=a.lr,
                            workers=a.workers, progress=not a.quiet)
     print(table)
+    return 0
+
+def cmd_visualize(a):
+    import nets
+
+    from train.classify.visualize import visualize
+    for value, flag in ((a.limit, "--limit"), (a.top, "--top"), (a.maps, "--maps")):
+        at_least(value, 1, flag)
+    at_least(a.scale, 32, "--scale")
+    writable_file(a.out, "--out")
+    filters = None if a.filters is None else ints(a.filters, "--filters")
+    r = visualize(nets.load(a.checkpoint), a.images, a.out, layer=a.layer, filters=filters,
+                  scale=a.scale, limit=a.limit, top=a.top, maps=a.maps)
+    for f in r.filters:
+        best = r.strongest[f][0]
+        print(f"filter {f}: strongest {best.value:.3f} in {r.names[best.image]} at cell "
+              f"(y, x) {best.cell}, receptive field x {best.box[0]:.0f}..{best.box[2]:.0f}, "
+              f"y {best.box[1]:.0f}..{best.box[3]:.0f} (of the image at s={a.scale})")
+    print(f"{a.out}: {len(r.filters)} filters of {a.layer} over {len(r.images)} images")
     return 0
 
 def cmd_baselines(a):
