@@ -249,9 +249,19 @@ def test_detector_commands_end_to_end(ckpt, voc, tmp_path, capsys):
     r4, r5 = (json.load(open(tmp_path / f"r{k}.json")) for k in (4, 5))
     assert r4["bbox"] == r5["bbox"] and r4["no_bbox"] == r5["no_bbox"]
     assert r4["localization"] == r5["localization"]
+    # model combination calibrates each detector's scores (fitted at training); a detector
+    # combined with itself detects what it detects alone
+    assert main(["detect-test", "--voc", str(voc), "--model", out, "--combine", out, "--json",
+                 str(tmp_path / "r6.json"), "--quiet"]) == 0
+    r6 = json.load(open(tmp_path / "r6.json"))
+    assert r6["calibrated"] and r6["models"] == 2 and not r["calibrated"]
+    assert r6["bbox"]["mAP"] == pytest.approx(r["bbox"]["mAP"])
     # each scale set has its own SVMs and regressors, all saved
     det = load_detector(out)
     assert set(det.scorers) == {"96", "96,400"}
+    calib = det.scorers["96"]["svm_calib"]
+    assert calib.shape == (len(det.classes), 2) and np.isfinite(calib).all()
+    assert any("calibrated (Platt)" in line for line in log["log"])
     assert not np.array_equal(det.scorers["96"]["bbox_w"], det.scorers["96,400"]["bbox_w"])
     assert not np.array_equal(det.scorers["96"]["svm_b"], det.scorers["96,400"]["svm_b"])
     # the saved detector scores windows exactly as before saving
@@ -506,3 +516,54 @@ def test_finetuning_holds_at_most_its_cap_of_windows_and_visits_every_image(ckpt
     finetune(det1, images, counting1, lambda m: None, progress=False, stats=stats1)
     assert stats1["groups"] == 1 and counting1.reads == len(images)
     assert stats1["peak_pool_windows"] > 40
+
+
+def test_platt_fit_recovers_a_known_sigmoid_and_keeps_each_detectors_ranking():
+    from train.detection.calibration import calibrated, platt_fit
+    rng = np.random.default_rng(0)
+    s = rng.normal(0, 2, 200000)
+    y = rng.random(s.size) < 1 / (1 + np.exp(-(1.5 * s - 2.0)))
+    a, b = platt_fit(s, y)
+    assert abs(a - 1.5) < 0.05 and abs(b + 2.0) < 0.05
+    # weights: dropping 9 of 10 false windows and weighting the rest by 10 gives the same fit
+    keep = y | (rng.random(s.size) < 0.1)
+    aw, bw = platt_fit(s[keep], y[keep], np.where(y[keep], 1.0, 10.0))
+    assert abs(aw - a) < 0.1 and abs(bw - b) < 0.2
+    # separable data stays finite (Platt's targets), and the map is increasing
+    a2, b2 = platt_fit([-2, -1, 1, 2], [0, 0, 1, 1])
+    assert np.isfinite([a2, b2]).all() and a2 > 0
+    scores = rng.normal(size=(50, 2))
+    p = calibrated(scores, [[a, b], [a2, b2]])
+    assert (np.argsort(p, axis=0) == np.argsort(scores, axis=0)).all()
+    with pytest.raises(ValueError, match="true and false"):
+        platt_fit([1.0, 2.0], [1, 1])
+
+
+def test_calibration_lets_the_better_detector_win_the_union():
+    from train.detection.calibration import calibrated
+    from train.detection.testing import combine
+    from train.voc_eval import detection_ap
+    # one class; on each image detector A finds the object (score 1.0) and a false box (0.2);
+    # B, weaker, scores the false box 8.0 and the object 6.0 on a larger scale of its own
+    gt = {f"im{i}": (np.array([[10.0, 10, 60, 60]]), np.array([False])) for i in range(4)}
+    true_box, false_box = [10.0, 10, 60, 60], [200.0, 200, 260, 260]
+
+    def dets(scores_true, scores_false):
+        return {0: (np.array([true_box, false_box]), np.array([scores_true, scores_false]))}
+
+    def ap(per_image):
+        ids = [k for k, d in per_image.items() for _ in range(len(d[0][1]))]
+        return detection_ap(ids, np.concatenate([d[0][1] for d in per_image.values()]),
+                            np.concatenate([d[0][0] for d in per_image.values()]), gt)[0]
+    A = {k: dets(1.0, 0.2) for k in gt}
+    B = {k: dets(6.0, 8.0) for k in gt}
+    raw = ap({k: combine([A[k], B[k]]) for k in gt})
+    # calibration fitted on (made-up) training data of each: A's scores mean what they say,
+    # B's 8 is as likely false as true
+    cal_a, cal_b = np.array([[4.0, -2.0]]), np.array([[0.2, -1.5]])
+
+    def cal(d, c):
+        return {0: (d[0][0], calibrated(d[0][1][:, None], c)[:, 0])}
+    combined = ap({k: combine([cal(A[k], cal_a), cal(B[k], cal_b)]) for k in gt})
+    assert ap(A) == pytest.approx(1.0) and raw < 0.6
+    assert combined == pytest.approx(ap(A))

@@ -78,6 +78,9 @@ def register(sub, fmt):
     de.add_argument("--scorer", default="svm", choices=["svm", "softmax", "random"],
                     help="window scores: the SVMs, fc8's softmax, or random (the chance baseline)")
     de.add_argument("--combine", help="a second DETDIR (of the same classes): model combination")
+    de.add_argument("--raw-scores", action="store_true",
+                    help="combine the detectors' raw SVM scores (default: each calibrated by "
+                         "Platt scaling fitted on its own training images)")
     de.add_argument("--limit", type=int, help="only the first N test images (at least 1)")
     de.add_argument("--no-conv-cache", action="store_true",
                     help="compute each test image's conv5 maps and write none (the same "
@@ -153,7 +156,7 @@ def cmd_detect_test(a):
                              f"in the same order")
     r = evaluate_detector(det, a.voc, a.split, workdir=a.model, scales=scales, scorer=a.scorer,
                           limit=a.limit, progress=not a.quiet, others=others,
-                          conv_cache=not a.no_conv_cache)
+                          conv_cache=not a.no_conv_cache, calibrate=not a.raw_scores)
     for c, ap in r["bbox"]["per_class"].items():
         print(f"  {c:>14s}: AP {ap:.1%} ({r['no_bbox']['per_class'][c]:.1%} without box regression)")
     print(f"VOC07 detection mAP {r['bbox']['mAP']:.2%} with box regression, "

@@ -35,6 +35,7 @@ from minispp import Net, Params
 from minispp.data.voc import VOCDataset
 from minispp.geometry import spp_output_length
 from nets.specs import Spec
+from train.detection.calibration import calibrate_svms
 from train.detection.finetune import finetune
 from train.resources import peak_rss_mb
 from train.detection.svms import train_box_regressors, train_svms
@@ -47,7 +48,7 @@ from train.detection.windows import (
     scales_key,
 )
 
-SCORER_PARTS = ("svm_w", "svm_b", "bbox_w", "bbox_b")
+SCORER_PARTS = ("svm_w", "svm_b", "svm_calib", "bbox_w", "bbox_b")
 PAPER_SVM_C, PAPER_TRAIN_IMAGES = 0.001, 5011      # R-CNN's / SPP-net's C on VOC07 trainval
 
 
@@ -72,6 +73,9 @@ DEFAULTS = dict(
     # the most sampled windows fine-tuning holds pooled at once (train/detection/finetune.py):
     # 20,000 x 25 KB = 512 MB for ZF-5's pool5; more images are visited in groups
     ft_cache_windows=20000,
+    # Platt scaling of the SVM scores for model combination (train/detection/calibration.py),
+    # on at most this many training images and false windows per class
+    calib_images=500, calib_negatives=100000,
     # MB of float64 box-regression statistics held at once (X^T X is D x D per class: 1.25
     # GiB for pool5 of ZF-5, so 3 classes per pass over the images at 4096)
     bbox_stats_mb=4096,
@@ -107,7 +111,7 @@ class Detector:
         self._heads = {}
         self.head(1)                                           # creates fc6, fc7, fc8
         self.feature_dim = self.head_params[f"{self.hidden[-1]}.W"].value.shape[0]
-        self.svm_w = self.svm_b = self.bbox_w = self.bbox_b = None
+        self.svm_w = self.svm_b = self.svm_calib = self.bbox_w = self.bbox_b = None
         self.svm_scale = self.bbox_scale = 1.0
         self.scorers = {}            # scales_key -> the SVMs and box regressors for those scales
 
@@ -277,6 +281,7 @@ def train_detector(voc, checkpoint, out, split="trainval", limit=None, progress=
         log(f"SVMs and box regressors on features at {scales_key(scales)}:")
         t = time.perf_counter()
         train_svms(det, images, maps, log, progress)
+        calibrate_svms(det, images, maps, log, progress)
         times["svms"] += time.perf_counter() - t
         peak_mb[f"svms {scales_key(scales)}"] = peak_rss_mb()
         t = time.perf_counter()

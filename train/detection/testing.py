@@ -10,6 +10,7 @@ from tqdm import tqdm
 from minispp.data.voc import VOCDataset
 from minispp.detection.boxes import apply_regression, clip, iou, nms
 from minispp.detection.proposals import ProposalCache
+from train.detection.calibration import calibrated
 from train.detection.windows import scale_caches
 from train.resources import peak_rss_mb
 
@@ -74,7 +75,7 @@ def combine(dets, nms_thresh=0.3, max_per_image=100):
 
 
 def evaluate_detector(det, voc, split="test", workdir=None, scales=None, scorer="svm",
-                      limit=None, progress=True, others=(), conv_cache=True):
+                      limit=None, progress=True, others=(), conv_cache=True, calibrate=True):
     """Detect on every image of a split and compute VOC07 AP per class, with and without box
     regression. others: more Detectors for model combination (their detections are pooled
     with this one's before the final NMS). Returns a result dict."""
@@ -94,6 +95,13 @@ def evaluate_detector(det, voc, split="test", workdir=None, scales=None, scorer=
                           write=conv_cache)
              for k, d in enumerate((det,) + tuple(others))]
     used = [d.use_scales(scales) for d in (det,) + tuple(others)]
+    calibrate = bool(others) and scorer == "svm" and calibrate
+    if calibrate:
+        missing = [k for k, d in enumerate((det,) + tuple(others)) if d.svm_calib is None]
+        if missing:
+            raise ValueError(f"detector {missing[0]} of the combination has no calibrated SVM scores "
+                             f"(trained before calibration existed): run detect-train again with "
+                             f"the same --out (its caches are reused), or combine raw scores")
     n = len(ds) if limit is None else min(limit, len(ds))
     with tqdm(total=n, desc=f"proposals ({split})", unit="img", disable=not progress) as bar:
         props.fill(ds.ids[:n], [ds.image_path(i) for i in range(n)], progress=bar.update)
@@ -113,6 +121,8 @@ def evaluate_detector(det, voc, split="test", workdir=None, scales=None, scorer=
         for d, conv in zip((det,) + tuple(others), convs):
             maps, hw = conv.get(ds.ids[i], load)
             scores, b = score_windows(d, maps, hw, p, scorer, bbox=True)
+            if calibrate:
+                scores = calibrated(scores, d.svm_calib)
             scored.append((d, scores, b, np.repeat(np.asarray(p, np.float64)[:, None], K, axis=1)))
         moved.append(localization(p, scored[0][2], boxes[~diff], cls[~diff]))
         for use_bbox in (True, False):
@@ -124,7 +134,7 @@ def evaluate_detector(det, voc, split="test", workdir=None, scales=None, scorer=
                 found[use_bbox][c].append((ds.ids[i], bb, ss))
         t_total += time.perf_counter() - t0
     result = {"split": split, "images": n, "scales": list(scales), "scorer": scorer,
-              "models": 1 + len(others), "svms_trained_at": used,
+              "models": 1 + len(others), "calibrated": calibrate, "svms_trained_at": used,
               "seconds_per_image_scoring": t_total / max(n, 1), "peak_rss_mb": peak_rss_mb()}
     before, after = (np.concatenate([m[k] for m in moved]) for k in (0, 1))
     result["localization"] = {"windows": int(before.size),

@@ -1,0 +1,119 @@
+"""Calibrated SVM scores for model combination (paper Sec. 4.2, "Model Combination").
+
+Two detectors' SVM scores live on scales of their own (each SVM's margin, its features'
+norm, its C), so the union of their detections before NMS lets the detector with the larger
+scores win every overlap, right or wrong. Each detector's scores are therefore mapped, per
+class, to the probability that a window is a true detection, by Platt scaling fitted on its
+own training images only (never on test data):
+
+    p(true | s) = 1 / (1 + exp(-(a s + b)))
+
+A window of a training image counts as true for class c when its IoU with a ground-truth
+box of c is at least 0.5, the VOC rule for a correct detection; every other window of the
+image is false. The map is increasing, so a detector alone ranks its windows exactly as
+before and its AP does not change; only the merging of two detectors does.
+
+Memory and time are bounded: the scores of at most ``calib_images`` training images (a
+seeded sample) are used, all their true windows and up to ``calib_negatives`` false ones per
+class (the smallest hash keys: a uniform sample, each kept false window weighted by total /
+kept), and a pass costs what one hard-negative round costs on those images.
+"""
+import numpy as np
+from scipy.special import expit
+from tqdm import tqdm
+
+from train.detection.svms import _scores, _window_features, negative_keys
+
+
+def platt_fit(scores, labels, weights=None, iterations=100):
+    """(a, b) of the sigmoid 1 / (1 + exp(-(a s + b))) that maximises the weighted likelihood
+    of labels (1 true, 0 false) with Platt's smoothed targets (N+ + 1) / (N+ + 2) and
+    1 / (N- + 2), which keep a and b finite when the classes separate. Newton's method on the
+    two parameters, with step halving."""
+    s = np.asarray(scores, np.float64).ravel()
+    y = np.asarray(labels).ravel() > 0
+    w = np.ones_like(s) if weights is None else np.asarray(weights, np.float64).ravel()
+    n_pos, n_neg = w[y].sum(), w[~y].sum()
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError(f"Platt scaling needs true and false windows; got {n_pos:g} true and "
+                         f"{n_neg:g} false")
+    t = np.where(y, (n_pos + 1) / (n_pos + 2), 1 / (n_neg + 2))
+    theta = np.array([0.0, np.log((n_pos + 1) / (n_neg + 1))])    # a = 0: the prior
+
+    def loss(th):
+        z = th[0] * s + th[1]                       # -log likelihood, stable for any z
+        return float(np.sum(w * (np.logaddexp(0, z) - t * z)))
+    current = loss(theta)
+    for _ in range(iterations):
+        p = expit(theta[0] * s + theta[1])
+        g = np.array([np.sum(w * (p - t) * s), np.sum(w * (p - t))])
+        h = w * p * (1 - p)
+        H = np.array([[np.sum(h * s * s), np.sum(h * s)], [np.sum(h * s), np.sum(h)]])
+        H += 1e-12 * np.eye(2)
+        step = np.linalg.solve(H, g)
+        for _ in range(30):
+            trial = theta - step
+            new = loss(trial)
+            if new <= current:
+                break
+            step /= 2
+        else:
+            break
+        done = abs(current - new) <= 1e-12 * max(1.0, abs(current))
+        theta, current = trial, new
+        if done:
+            break
+    return float(theta[0]), float(theta[1])
+
+
+def calibrated(scores, calib):
+    """(R, K) probabilities from (R, K) SVM scores and calib (K, 2) rows (a, b)."""
+    calib = np.asarray(calib, np.float64)
+    return expit(np.asarray(scores, np.float64) * calib[:, 0] + calib[:, 1])
+
+
+def calibrate_svms(det, images, conv, log=print, progress=True):
+    """Fit det.svm_calib (K, 2) float64 on the training images (the module's docstring);
+    det.svm_w and det.svm_b must be the final SVMs. Classes without true or false windows
+    get a = 1, b = 0."""
+    cfg, K = det.config, len(det.classes)
+    rng = np.random.default_rng([cfg["seed"], 7])
+    pick = np.sort(rng.permutation(len(images))[:cfg["calib_images"]])
+    cap = int(cfg["calib_negatives"])
+    true_s = [[] for _ in range(K)]
+    false_s = [[] for _ in range(K)]           # (keys, scores) parts, trimmed to cap by key
+    n_false = np.zeros(K, np.int64)
+    for j in tqdm(pick, desc="SVM scores for calibration", unit="img", disable=not progress):
+        im = images[j]
+        s = _scores(_window_features(det, conv, im), det.svm_scale, det.svm_w, det.svm_b)
+        for c in range(K):
+            true = im.class_overlap(c) >= cfg["pos_iou"]
+            true_s[c].append(s[true, c])
+            rows = np.flatnonzero(~true)
+            n_false[c] += rows.size
+            false_s[c].append((negative_keys(cfg["seed"] + 2, c, int(j), rows), s[rows, c]))
+            if sum(len(k) for k, _ in false_s[c]) > 2 * cap:
+                false_s[c] = [_smallest_keys(false_s[c], cap)]
+    calib = np.tile([1.0, 0.0], (K, 1))
+    for c in range(K):
+        pos = np.concatenate(true_s[c]) if true_s[c] else np.zeros(0)
+        _, neg = _smallest_keys(false_s[c], cap) if false_s[c] else (None, np.zeros(0))
+        if len(pos) == 0 or len(neg) == 0:
+            log(f"  {det.classes[c]}: {len(pos)} true and {len(neg)} false windows: not calibrated")
+            continue
+        weights = np.concatenate([np.ones(len(pos)), np.full(len(neg), n_false[c] / len(neg))])
+        calib[c] = platt_fit(np.concatenate([pos, neg]), np.r_[np.ones(len(pos)), np.zeros(len(neg))],
+                             weights)
+    det.svm_calib = calib
+    log(f"SVM scores calibrated (Platt) on {len(pick)} training images: a = "
+        f"{', '.join(f'{a:.2f}' for a in calib[:, 0])}")
+    return calib
+
+
+def _smallest_keys(parts, cap):
+    keys = np.concatenate([k for k, _ in parts])
+    vals = np.concatenate([v for _, v in parts])
+    if len(keys) > cap:
+        keep = np.argpartition(keys, cap - 1)[:cap]
+        keys, vals = keys[keep], vals[keep]
+    return keys, vals
