@@ -23,6 +23,7 @@ class Dropout(Layer):
         self.ratio = float(ratio)
         self.rng = rng
         self.mask = None           # the current mask (kept by the layer: freeze() reuses it)
+        self.keys = None           # per-sample mask keys (key_masks), or None
         self.frozen = False
 
     def setup(self, in_shape, params=None, rng=None):
@@ -52,11 +53,35 @@ class Dropout(Layer):
         if not train:
             return x.copy()
         if not (self.frozen and self.mask is not None and self.mask.shape == x.shape):
-            if self.rng is None:
-                raise ValueError(f"{self._who()}: no random Generator; pass rng= to Dropout or setup")
-            keep = self.rng.random(x.shape, dtype=np.float32) >= self.ratio
-            self.mask = keep.astype(x.dtype) / x.dtype.type(1.0 - self.ratio)
+            self.mask = self.draw_mask(x.shape, x.dtype)
         return x * self.mask.astype(x.dtype, copy=False)
+
+    def key_masks(self, base, indices):
+        """Draw the masks of the following forwards per sample: row j from the Generator
+        default_rng(base + (indices[j],)), so a sample's mask depends on its own key (the
+        global image index, the epoch, the run's seed) and not on which other samples share
+        its batch or which process runs it (README, "Beyond one machine"). None: back to
+        the layer's one Generator."""
+        self.keys = None if base is None else (tuple(int(v) for v in base),
+                                               [int(i) for i in indices])
+
+    def draw_mask(self, shape, dtype):
+        """A new NumPy mask (keep / (1 - ratio)) of shape in dtype: per sample from the keys
+        given to key_masks, else from the layer's Generator. The one place masks are drawn
+        (the GPU body copies this mask to the device)."""
+        keys = getattr(self, "keys", None)
+        if keys is not None:
+            base, indices = keys
+            if len(indices) != shape[0]:
+                raise ValueError(f"{self._who()}: {len(indices)} mask keys for a batch of {shape[0]}")
+            u = np.empty(shape, dtype=np.float32)
+            for j, i in enumerate(indices):
+                u[j] = np.random.default_rng(base + (i,)).random(shape[1:], dtype=np.float32)
+        elif self.rng is None:
+            raise ValueError(f"{self._who()}: no random Generator; pass rng= to Dropout or setup")
+        else:
+            u = self.rng.random(shape, dtype=np.float32)
+        return (u >= self.ratio).astype(dtype) / np.dtype(dtype).type(1.0 - self.ratio)
 
     def _backward_cpu(self, dy, propagate_down=True):
         if not self._forward_train:          # the last forward was the test-time identity

@@ -20,6 +20,16 @@ run pins it to blas_threads (recorded, default 2) whatever the machine's core co
 OPENBLAS_NUM_THREADS; the Numba kernels give the same bits with any number of threads
 (no reduction is split across threads), and the loader builds every batch from a fixed order
 with one random Generator per sample, whatever the number of workers.
+
+Several processes (README, "Beyond one machine"; minispp.distributed): under `mpiexec -n R`
+each global batch of `batch` images is split over the R ranks in a fixed order, each rank
+backpropagates the loss sum of its share, one allreduce of a fused buffer sums the
+gradients (and the step's loss, errors and image count), and every rank applies the same
+update; the parameters are compared across ranks by a checksum every check_every steps.
+Augmentation (one Generator per sample) and dropout masks (keyed by the image's index in
+the training set, the epoch and the seed: layers.Dropout.key_masks) do not depend on which
+rank runs an image, so R ranks give the parameters of one process to float32 rounding, and
+a run resumes on another R. Rank 0 alone writes checkpoints, logs and curves.
 """
 import contextlib
 import csv
@@ -33,6 +43,8 @@ import numpy as np
 from tqdm import tqdm
 
 import nets
+from layers.dropout import Dropout
+from minispp import distributed
 from nets.model import input_normalization
 from minispp.storage.checkpoint import remove_stale_temporaries
 from minispp.data.imagefolder import BadImage, ImageFolder
@@ -45,6 +57,8 @@ from train.classify.evaluate import evaluate, topk_errors
 from train.classify.views import CROP, RESIZE, InputMaker
 
 MODES = ("single", "multi", "random")
+# how a new run draws its dropout masks (recorded): per image, keyed by its index (Dropout.key_masks)
+PER_IMAGE = "per-image"
 CHECKPOINT = "checkpoint.h5"
 BEST = "best.h5"
 
@@ -146,11 +160,13 @@ class Trainer:
     def __init__(self, data, out, net=UNSET, spp=UNSET, form=UNSET, mode=UNSET, epochs=UNSET,
                  batch=UNSET, lr=UNSET, momentum=UNSET, weight_decay=UNSET, seed=UNSET,
                  workers=2, mean=UNSET, patience=UNSET, resume=False, stats_images=1000,
-                 progress=True, blas_threads=UNSET):
+                 progress=True, blas_threads=UNSET, comm=None, check_every=50):
         """A new run (a setting not given takes DEFAULTS), or with resume the run recorded in
         out/checkpoint.h5: data (None: the recorded folder) and every setting given must be
         the recorded ones, except a larger epochs, which extends the run. workers,
-        stats_images (a new run's statistics) and progress do not change the results."""
+        stats_images (a new run's statistics) and progress do not change the results.
+        comm: the communicator (default minispp.distributed.world(): one process unless
+        launched by MPI); check_every: steps between the ranks' parameter checksums."""
         given = {"net": net, "spp": spp, "form": form, "mode": mode, "epochs": epochs,
                  "batch": batch, "lr": lr, "momentum": momentum, "weight_decay": weight_decay,
                  "seed": seed, "mean": mean, "patience": patience, "blas_threads": blas_threads}
@@ -169,11 +185,16 @@ class Trainer:
                 raise ValueError(f"--mode must be one of {MODES}, got {mode!r}")
             if spp is None and mode != "single":
                 raise ValueError(f"a no-SPP net takes only 224x224 inputs: use --mode single, not {mode}")
-        self.out, self.progress = os.fspath(out), progress
+        self.comm = comm or distributed.world()
+        if isinstance(check_every, bool) or not isinstance(check_every, int) or check_every < 1:
+            raise ValueError(f"--check-every must be a positive integer, got {check_every!r}")
+        self.check_every, self.steps, self.reducer = check_every, 0, None
+        self.out, self.progress = os.fspath(out), progress and self.comm.is_root
         os.makedirs(self.out, exist_ok=True)
         self.ckpt_path = os.path.join(self.out, CHECKPOINT)
-        for path in remove_stale_temporaries(self.out, (CHECKPOINT, BEST)):
-            print(f"removed {path}: the temporary file of a save that was killed")
+        if self.comm.is_root:
+            for path in remove_stale_temporaries(self.out, (CHECKPOINT, BEST)):
+                print(f"removed {path}: the temporary file of a save that was killed")
         self.workers = workers
         if resume:
             data = self._resume(data, given)
@@ -194,10 +215,10 @@ class Trainer:
                         "epochs": epochs, "batch": batch, "lr": lr, "momentum": momentum,
                         "weight_decay": weight_decay, "seed": seed, "mean": mean,
                         "patience": patience, "blas_threads": int(settings["blas_threads"]),
-                        "classes": self.train_set.classes}
+                        "classes": self.train_set.classes, "dropout_masks": PER_IMAGE}
             self.model = nets.build(net, num_classes=len(self.train_set.classes), spp=spp,
                                     form=form, rng=np.random.default_rng([seed, 0]))
-            mean_img, std, vals, vecs = data_statistics(self.train_set, stats_images, seed)
+            mean_img, std, vals, vecs = self._statistics(stats_images, seed)
             self.extras = {"mean_image": mean_img, "pixel_std": std, "pca_eigvals": vals,
                            "pca_eigvecs": vecs}
             self.solver = SGD(self.model.params, lr, momentum, weight_decay)
@@ -205,6 +226,29 @@ class Trainer:
             self.epoch, self.batch_index, self.history = 0, 0, []
             self.partial = {"loss": 0.0, "err": 0, "n": 0, "seconds": 0.0, "wait": 0.0, "skipped": 0}
         self.stop_requested, self.stop_signal = False, None
+        if self.comm.size > 1 and self.comm.is_root:
+            n = int(self.cfg.get("blas_threads") or 0)
+            cores = os.cpu_count() or 1
+            if n * self.comm.local_size > cores:
+                print(f"note: {self.comm.local_size} ranks x --blas-threads {n} on {cores} cores: "
+                      f"the ranks' BLAS threads oversubscribe the machine (a new run with "
+                      f"--blas-threads {max(1, cores // self.comm.local_size)} fits it)")
+
+    def _statistics(self, count, seed):
+        """data_statistics on rank 0, broadcast to the others (the same arrays on every rank)."""
+        comm = self.comm
+        if comm.size == 1:
+            return data_statistics(self.train_set, count, seed)
+        if comm.is_root:
+            mean_img, std, vals, vecs = data_statistics(self.train_set, count, seed)
+            mean_img, vals, vecs = (np.ascontiguousarray(a) for a in (mean_img, vals, vecs))
+            std = np.array([std], np.float32)
+        else:
+            mean_img, std = np.empty((3, CROP, CROP), np.float32), np.empty(1, np.float32)
+            vals, vecs = np.empty(3, np.float32), np.empty((3, 3), np.float32)
+        for a in (mean_img, std, vals, vecs):
+            comm.broadcast(a)
+        return mean_img, np.float32(std[0]), vals, vecs
 
     # -- state ------------------------------------------------------------------------------
     @property
@@ -222,7 +266,9 @@ class Trainer:
                 "rng": self.model.rng.bit_generator.state}
 
     def save(self, path=None):
-        self.model.save(path or self.ckpt_path, meta=self._meta(), extras=self.extras)
+        """Write the checkpoint (rank 0 alone; every rank holds the same state)."""
+        if self.comm.is_root:
+            self.model.save(path or self.ckpt_path, meta=self._meta(), extras=self.extras)
 
     def _resume(self, data, given):
         """Load the recorded run; refuse given settings (and data) that differ from it,
@@ -241,13 +287,24 @@ class Trainer:
         if epochs < self.cfg["epochs"]:
             differ.append(f"--epochs {epochs} (recorded: {self.cfg['epochs']}; only more epochs "
                           f"than recorded extend a run)")
+        if self.comm.size > 1 and self.cfg.get("dropout_masks") != PER_IMAGE:
+            differ.append(f"{self.comm.size} processes (the run draws its dropout masks from one "
+                          f"Generator, as runs recorded before per-image masks did, so its "
+                          f"batches cannot be split over ranks: resume it in one process)")
         if differ:
             raise ValueError(f"--resume continues the run recorded in {self.ckpt_path} exactly, "
                              f"and these arguments differ from it: {'; '.join(differ)}. Leave "
                              f"them out, or start a new run with another --out")
-        if epochs > self.cfg["epochs"]:
+        ranks = meta["partial"].get("ranks", meta["history"][-1].get("ranks", 1)
+                                    if meta["history"] else 1)
+        if ranks != self.comm.size and self.comm.is_root:
+            print(f"--resume: the run was recorded on {ranks} process(es), it continues on "
+                  f"{self.comm.size}: the same batches, augmentation and dropout masks; the "
+                  f"gradient sums round differently (equal to float32 rounding, not bit for bit)")
+        if epochs > self.cfg["epochs"] and self.comm.is_root:
             print(f"--resume --epochs {epochs}: extending the run in {self.out} from "
                   f"{self.cfg['epochs']} to {epochs} epochs (it is at epoch {meta['epoch']})")
+        if epochs > self.cfg["epochs"]:
             self.cfg.setdefault("extended", []).append(
                 {"from": self.cfg["epochs"], "to": epochs, "at_epoch": meta["epoch"]})
             self.cfg["epochs"] = epochs
@@ -267,18 +324,21 @@ class Trainer:
         saved, and Interrupted raised (code 130 or 143). A finished run says so and trains
         nothing."""
         if self.epoch >= self.cfg["epochs"]:
-            print(f"the run in {self.out} is finished ({self.epoch} of {self.cfg['epochs']} "
-                  f"epochs): nothing to train (give --resume a larger --epochs to extend it)")
-            print(self.summary())
+            if self.comm.is_root:
+                print(f"the run in {self.out} is finished ({self.epoch} of {self.cfg['epochs']} "
+                      f"epochs): nothing to train (give --resume a larger --epochs to extend it)")
+                print(self.summary())
             return self.history
         handled = (signal.SIGINT, signal.SIGTERM)
         main = threading.current_thread() is threading.main_thread()   # signals: main thread only
         previous = {s: signal.signal(s, self._on_signal) for s in handled} if main else {}
         try:
             with self._blas_threads():
+                self._check_identical("at the start")
                 while self.epoch < self.cfg["epochs"]:
                     if self.stop_requested or not self._train_epoch():
                         self.save()
+                        self.comm.barrier()           # no rank ends before rank 0 has saved
                         signum = self.stop_signal or signal.SIGINT
                         raise Interrupted(
                             f"stopped by {signal.Signals(signum).name} at epoch {self.epoch + 1}, "
@@ -288,7 +348,8 @@ class Trainer:
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
-        print(self.summary())
+        if self.comm.is_root:
+            print(self.summary())
         return self.history
 
     def _blas_threads(self):
@@ -320,42 +381,50 @@ class Trainer:
         print(f"\n{signal.Signals(signum).name}: finishing this batch, then saving a checkpoint "
               f"and stopping (Ctrl-C again to abort without saving)", flush=True)
 
+    def _check_identical(self, where):
+        try:
+            distributed.check_identical(self.comm, self.model.params, where)
+        except distributed.ParametersDiverged as err:
+            raise TrainingStopped(str(err), code=4) from None
+
+    def _key_dropout(self, net, epoch, ids):
+        """Dropout masks keyed by (seed, epoch, layer, image index) for this batch; a run
+        recorded before per-image masks keeps drawing from the model's Generator."""
+        per_image = self.cfg.get("dropout_masks") == PER_IMAGE
+        drops = [layer for layer in net.layers if isinstance(layer, Dropout)]
+        for k, layer in enumerate(drops):
+            layer.key_masks((self.cfg["seed"], 5, epoch, k) if per_image else None, ids)
+
     def _train_epoch(self):
-        cfg, e = self.cfg, self.epoch
+        cfg, e, comm = self.cfg, self.epoch, self.comm
         size = epoch_size(cfg["mode"], e, cfg["seed"])
-        net = self.model.instance(cfg["batch"], (size, size))
+        # each rank's net holds its share of a global batch (at most ceil(batch / R) images)
+        net = self.model.instance(-(-cfg["batch"] // comm.size), (size, size))
         pca = (self.extras["pca_eigvals"], self.extras["pca_eigvecs"])
         order = np.random.default_rng([cfg["seed"], 1, e]).permutation(len(self.train_set))
         loader = BatchLoader(self.train_set, order, cfg["batch"],
                              InputMaker("train", self.mean, size, pca, pixel_scale=self.pixel_scale),
                              seed=(cfg["seed"], 2, e),
                              workers=self.workers, start_batch=self.batch_index,
-                             report=tqdm.write)
+                             report=tqdm.write, indices=True,
+                             shard=(comm.rank, comm.size) if comm.size > 1 else None)
         bar = tqdm(total=len(loader), initial=self.batch_index, unit="batch",
                    desc=f"epoch {e + 1}/{cfg['epochs']} {size}px", disable=not self.progress)
         p = self.partial
         t_start = time.perf_counter()
-        for b, x, labels in loader:
+        for b, x, labels, ids in loader:
             self.model.params.zero_grad()
-            try:
-                # no NaN scan of every layer input here: the loss check below stops a
-                # diverged run (bench_nets.py --contract times what the scan costs)
-                with finite_checks(False):
-                    loss = net.loss(x, labels, train=True)
-            except FloatingPointError:
-                bar.close()
-                raise TrainingStopped(
-                    f"loss is not finite at epoch {e + 1}, batch {b + 1} (learning rate "
-                    f"{self.solver.lr:g}); stopping. The last good checkpoint is "
-                    f"{self.ckpt_path if os.path.exists(self.ckpt_path) else '(none yet)'}; "
-                    f"lower --lr and train again", code=3) from None
-            with finite_checks(False):
-                net.backward()
-            self.solver.step()
-            err1, _ = topk_errors(net.loss_layer.probs, labels)
-            p["loss"] += loss * len(labels)
+            if comm.size == 1:
+                loss, err1, n, finite = self._local_step(net, e, x, labels, ids, 1.0)
+                if not finite:
+                    bar.close()
+                    self._not_finite(e, b)
+                self.solver.step()
+            else:
+                loss, err1, n = self._parallel_step(net, e, x, labels, ids, bar, b)
+            p["loss"] += loss
             p["err"] += err1
-            p["n"] += len(labels)
+            p["n"] += n
             self.batch_index = b + 1
             elapsed = p["seconds"] + time.perf_counter() - t_start
             bar.set_postfix(loss=f"{p['loss'] / p['n']:.3f}", img_s=f"{p['n'] / max(elapsed, 1e-9):.1f}",
@@ -369,10 +438,82 @@ class Trainer:
         bar.close()
         return not self.stop_requested
 
+    def _local_step(self, net, epoch, x, labels, ids, dloss):
+        """Forward and backward of this process's images; returns (loss summed over them,
+        top-1 errors, images, finite). dloss 1.0: the mean's gradient; n: the sum's."""
+        self._key_dropout(net, epoch, ids)
+        try:
+            # no NaN scan of every layer input here: the loss check stops a diverged run
+            # (bench_nets.py --contract times what the scan costs)
+            with finite_checks(False):
+                loss = net.loss(x, labels, train=True)
+        except FloatingPointError:
+            return 0.0, 0, 0, False
+        with finite_checks(False):
+            net.backward(dloss)
+        err1, _ = topk_errors(net.loss_layer.probs, labels)
+        return loss * len(labels), err1, len(labels), True
+
+    def _not_finite(self, e, b):
+        raise TrainingStopped(
+            f"loss is not finite at epoch {e + 1}, batch {b + 1} (learning rate "
+            f"{self.solver.lr:g}); stopping. The last good checkpoint is "
+            f"{self.ckpt_path if os.path.exists(self.ckpt_path) else '(none yet)'}; "
+            f"lower --lr and train again", code=3)
+
+    def _parallel_step(self, net, e, x, labels, ids, bar, b):
+        """One data-parallel step: this rank's share (perhaps none), one allreduce of the
+        gradient sums with [loss sum, errors, images, stop requested, not finite], the
+        global mean, the same SGD update on every rank. The stop and the non-finite loss
+        are decided together, so every rank stops at the same step."""
+        if self.reducer is None:
+            self.reducer = distributed.GradientAllreduce(self.comm, self.model.params, 5)
+        loss = err1 = n = 0
+        finite = True
+        if x is not None:
+            loss, err1, n, finite = self._local_step(net, e, x, labels, ids, float(len(labels)))
+        total = self.reducer.reduce([loss, err1, n, float(self.stop_requested), float(not finite)],
+                                    count=2)
+        if total[4] > 0:
+            bar.close()
+            self._not_finite(e, b)
+        if total[3] > 0 and not self.stop_requested:
+            self.stop_requested, self.stop_signal = True, signal.SIGTERM
+        if total[2] > 0:                    # a batch of unreadable images only: no step
+            self.solver.step()
+        self.steps += 1
+        if self.steps % self.check_every == 0:
+            self._check_identical(f"after step {self.steps} (epoch {e + 1}, batch {b + 1})")
+        return float(total[0]), int(round(total[1])), int(round(total[2]))
+
+    def _validate(self):
+        """Center-crop validation; under MPI each rank takes every R-th image and the error
+        counts are summed."""
+        cfg, comm = self.cfg, self.comm
+        if comm.size == 1:
+            return evaluate(self.model, self.val_set, "center", self.mean, batch=cfg["batch"],
+                            workers=self.workers, progress=self.progress,
+                            pixel_scale=self.pixel_scale)
+        part = _Part(self.val_set, distributed.shard(np.arange(len(self.val_set)), comm))
+        counts = np.zeros(4)            # top-1 errors, top-5 errors, images, skipped
+        if len(part):
+            try:
+                r = evaluate(self.model, part, "center", self.mean, batch=cfg["batch"],
+                             workers=self.workers, progress=self.progress,
+                             pixel_scale=self.pixel_scale)
+                counts[:] = (round(r["top1"] * r["images"]), round(r["top5"] * r["images"]),
+                             r["images"], len(r["skipped"]))
+            except ValueError:          # every image of this share unreadable
+                counts[3] = len(part)
+        comm.allreduce_sum(counts)
+        if counts[2] == 0:
+            raise ValueError(f"no readable image in {self.val_set.root}")
+        return {"top1": counts[0] / counts[2], "top5": counts[1] / counts[2],
+                "images": int(counts[2]), "skipped": [None] * int(counts[3])}
+
     def _end_epoch(self):
         cfg, p = self.cfg, self.partial
-        val = evaluate(self.model, self.val_set, "center", self.mean, batch=cfg["batch"],
-                       workers=self.workers, progress=self.progress, pixel_scale=self.pixel_scale)
+        val = self._validate()
         lr = self.solver.lr
         dropped = self.schedule.update(self.solver, val["top1"])
         row = {"epoch": self.epoch + 1, "size": epoch_size(cfg["mode"], self.epoch, cfg["seed"]),
@@ -380,18 +521,35 @@ class Trainer:
                "train_top1": p["err"] / max(p["n"], 1), "val_top1": val["top1"],
                "val_top5": val["top5"], "images_per_s": p["n"] / max(p["seconds"], 1e-9),
                "data_wait": p["wait"] / max(p["seconds"], 1e-9),
-               "skipped": p["skipped"] + len(val["skipped"]), "seconds": p["seconds"]}
+               "skipped": p["skipped"] + len(val["skipped"]), "seconds": p["seconds"],
+               "ranks": self.comm.size}
         self.history.append(row)
-        tqdm.write(f"epoch {row['epoch']}: train loss {row['train_loss']:.3f}, train top-1 "
+        self._check_identical(f"at the end of epoch {row['epoch']}")
+        if self.comm.is_root:
+            tqdm.write(f"epoch {row['epoch']}: train loss {row['train_loss']:.3f}, train top-1 "
                    f"{row['train_top1']:.1%}, val top-1 {row['val_top1']:.1%}, top-5 "
-                   f"{row['val_top5']:.1%}, {row['images_per_s']:.1f} img/s, data wait "
-                   f"{row['data_wait']:.1%}" + (f"; lr -> {self.solver.lr:g}" if dropped else ""))
+                       f"{row['val_top5']:.1%}, {row['images_per_s']:.1f} img/s, data wait "
+                       f"{row['data_wait']:.1%}" + (f"; lr -> {self.solver.lr:g}" if dropped else ""))
         self.epoch, self.batch_index = self.epoch + 1, 0
         self.partial = {"loss": 0.0, "err": 0, "n": 0, "seconds": 0.0, "wait": 0.0, "skipped": 0}
         self.save()
         if val["top1"] <= min(r["val_top1"] for r in self.history):
             self.save(os.path.join(self.out, BEST))
-        write_logs(self.out, self.history)
+        if self.comm.is_root:
+            write_logs(self.out, self.history)
+
+
+class _Part:
+    """Some images of a data set (a rank's share of the validation set), as evaluate reads it."""
+
+    def __init__(self, dataset, indices):
+        self.dataset, self.indices, self.root = dataset, [int(i) for i in indices], dataset.root
+
+    def __len__(self):
+        return len(self.indices)
+
+    def load(self, i):
+        return self.dataset.load(self.indices[i])
 
 
 def write_logs(out, history):

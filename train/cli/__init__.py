@@ -13,6 +13,7 @@
     minispp detect-test --voc DIR --split test --model DETDIR --json RESULT.json [--scales 688 | --scales 480,576,688,864,1200]
     minispp detect IMAGE... --model DETDIR --out PNGDIR
     minispp detect-time --voc DIR --model DETDIR
+    mpiexec -n R minispp train | features | proposals | detect-train ...   (several processes)
 """
 # OpenBLAS worker threads spin for about 2^28 cycles after each GEMM, and on a small machine
 # they steal the cores from the Numba kernel that follows (im2col after a conv GEMM ran 1.6x
@@ -45,21 +46,38 @@ def parse_args(argv):
 def main(argv=None):
     """Run one command. Expected failures (bad arguments or data: ValueError; files: OSError
     such as PermissionError or FileNotFoundError) end with one line `error: ...` on stderr and
-    exit status 2; Ctrl-C outside training with `error: interrupted` and 130."""
+    exit status 2; Ctrl-C outside training with `error: interrupted` and 130.
+
+    Under an MPI launch (or --distributed) the command runs on every rank
+    (minispp.distributed.init); a training stop that every rank takes at the same step
+    (a signal, a non-finite loss, diverged parameters) ends each rank with its status, and
+    any other error on one rank aborts the whole job (MPI_Abort), so no rank waits for ever."""
     a = parse_args(sys.argv[1:] if argv is None else argv)
     tolerant_output()
+    from minispp import distributed
     from train.classify.trainer import TrainingStopped
+    try:
+        comm = distributed.init(getattr(a, "distributed", False) or None,
+                                getattr(a, "device", "cpu"))
+    except ValueError as err:
+        print(f"error: {error_line(err)}", file=sys.stderr)
+        return 2
+    who = f"rank {comm.rank}: " if comm.size > 1 else ""
     try:
         check_outputs(a)
         return a.run(a)
     except TrainingStopped as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {who}{err}", file=sys.stderr)
         return err.code
     except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
+        print(f"error: {who}interrupted", file=sys.stderr)
+        if comm.size > 1:
+            comm.fail(130)
         return 130
     except (ValueError, OSError) as err:
-        print(f"error: {error_line(err)}", file=sys.stderr)
+        print(f"error: {who}{error_line(err)}", file=sys.stderr)
+        if comm.size > 1:
+            comm.fail(2)
         return 2
 
 

@@ -15,6 +15,8 @@ EXAMPLES = {
   minispp train --data data/embedded --net zf5 --spp 6,3,2,1 --mode multi --epochs 10 --batch 32 --out runs/zf5
   minispp train --data /data/imagenet --net overfeat7 --spp none --mode single --epochs 90 --out runs/of7
   minispp train --data data/embedded --out runs/zf5 --resume            # continue after Ctrl-C or a kill
+  mpiexec -n 2 minispp train --data data/embedded --batch 16 --blas-threads 1 --out runs/zf5-2
+      (data-parallel: the global batch of 16 split over 2 ranks; see README "Beyond one machine")
 layout: DIR/train/<class>/<images> and DIR/val/<class>/<images> (ImageNet class folders)""",
     "test": """examples:
   minispp test --checkpoint runs/zf5/checkpoint.h5 --data data/embedded --split val --view 10view --json r.json
@@ -65,6 +67,11 @@ def register(sub, fmt):
                    help="continue the run recorded in --out exactly where it stopped (its settings; "
                         "differing ones are refused)")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
+    t.add_argument("--distributed", action="store_true",
+                   help="data-parallel over MPI ranks (default: on when started by mpiexec/srun); "
+                        "--batch is the global batch, split over the ranks")
+    t.add_argument("--check-every", type=int, default=50,
+                   help="steps between the ranks' parameter checksums (no effect on results)")
     t.set_defaults(run=cmd_train)
 
     e = sub.add_parser("test", help="top-1/top-5 error of a checkpoint", epilog=EXAMPLES["test"],
@@ -142,8 +149,9 @@ def cmd_train(a):
             given["mean"] = a.mean if a.mean == "image" else float(a.mean)
         except ValueError:
             raise ValueError(f"--mean must be 'image' or a number, got {a.mean!r}") from None
+    at_least(a.check_every, 1, "--check-every")
     trainer = Trainer(a.data, a.out, workers=a.workers, resume=a.resume, progress=not a.quiet,
-                      **given)
+                      check_every=a.check_every, **given)
     trainer.run()                 # prints the summary: best epoch, its errors, best.h5
     return 0
 

@@ -18,7 +18,8 @@ EXAMPLES = {
       --layer spp --scale 224 --out runs/caltech/spp.h5
   minispp features --checkpoint runs/zf5/best.h5 --folder data/embedded --split val --layer fc6 --out val.h5
 A killed extraction resumes when the same command is run again; a cache made by another
-checkpoint or with other arguments is refused.""",
+checkpoint or with other arguments is refused.
+  mpiexec -n 2 minispp features ... --out runs/features/trainval-fc7.h5   # shards split over 2 ranks""",
     "svm": """examples:
   minispp svm --train runs/features/trainval-fc7.h5 --test runs/features/test-fc7.h5 --json r.json
   minispp svm --train runs/caltech/spp.h5 --json r.json        # Caltech101: 10 splits of one cache
@@ -50,6 +51,8 @@ def register(sub, fmt):
                    help="report a missing or unreadable image and keep it as a zero row flagged "
                         "invalid (left out by `minispp svm`) instead of stopping with an error")
     f.add_argument("--quiet", action="store_true")
+    f.add_argument("--distributed", action="store_true",
+                   help="split the cache's shards over MPI ranks (default: on when started by mpiexec)")
     f.set_defaults(run=cmd_features)
 
     v = sub.add_parser("svm", help="linear SVMs on feature caches: VOC mAP or accuracy",
@@ -91,6 +94,9 @@ def cmd_features(a):
                           a.out, batch=a.batch, workers=a.workers, progress=not a.quiet,
                           command="minispp " + " ".join(sys.argv[1:]),
                           skip_unreadable=a.skip_unreadable)
+    from minispp import distributed
+    if not distributed.world().is_root:       # rank 0 reports for every rank
+        return 0
     for s, r, paths in done:
         rate = f", {r['images_per_s']:.1f} images/s" if r["images_per_s"] else " (already cached)"
         print(f"s={s} {a.view}: {r['images']} images, {r['computed']} computed in "

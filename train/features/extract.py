@@ -19,6 +19,12 @@ skip_unreadable (``--skip-unreadable``) it is reported, flagged invalid in the c
 given zero features, and ``minispp svm`` lists and leaves out such images. Caches are
 resumable (minispp.storage.feature_cache).
 
+Under MPI (``mpiexec -n R minispp features ...``, minispp.distributed) shard k of the cache
+(its images k * shard_size ...) is computed by rank k mod R, each rank writing its own
+shards into the same ``.parts`` folder; rank 0 merges them when every rank is done. The
+features are those of one process (an image's features do not depend on its batch), and a
+killed run resumes from the shards written, on any number of ranks.
+
 Labels are indices into the data set's class list, the same for every split, and that list
 is part of each cache's identity: the classes of the devkit (README, "Readers"), or the
 training split's class folders; never what one split happens to contain.
@@ -37,6 +43,7 @@ import nets
 from layers import ReLU
 from minispp.data.caltech import Caltech101
 from minispp.data.imagefolder import BadImage, ImageFolder
+from minispp import distributed
 from minispp.data.loader import BatchLoader
 from minispp.data.transforms import crop, min_side_shape, resize_min_side, resize_to, to_input
 from minispp.data.voc import VOC_CLASSES, VOCDataset, find_year_folder
@@ -229,7 +236,8 @@ def check_arguments(layers, scale, view, batch, workers, shard_size=64):
 
 
 def extract(checkpoint, kind, root, split, layers, scale, view, outs, batch=16, workers=2,
-            progress=True, shard_size=64, mean_mode=None, command=None, skip_unreadable=False):
+            progress=True, shard_size=64, mean_mode=None, command=None, skip_unreadable=False,
+            comm=None):
     """Extract features of one data set split into one cache per layer.
 
     outs: {layer: cache path}. Existing finished caches with the same identity are kept,
@@ -240,8 +248,10 @@ def extract(checkpoint, kind, root, split, layers, scale, view, outs, batch=16, 
     shape, wherever they are in the split (plan_batches); memory holds one batch, the one
     net that runs it, the loader's 2 x batch prefetched inputs and one shard, whatever the
     number of images (rows computed ahead of their shard wait on disk: _Spill).
-    Returns {"paths": {layer: path}, "images": n, "computed": images run now,
-    "seconds": s, "images_per_s": rate, "skipped": [messages]}."""
+    comm (default minispp.distributed.world()): the ranks sharing the work, by shards.
+    Returns {"paths": {layer: path}, "images": n, "computed": images run now (by every
+    rank), "seconds": s, "images_per_s": rate, "skipped": [messages of this rank]}."""
+    comm = comm or distributed.world()
     layers = list(layers)
     check_arguments(layers, scale, view, batch, workers, shard_size)
     scale = int(scale)
@@ -268,7 +278,11 @@ def extract(checkpoint, kind, root, split, layers, scale, view, outs, batch=16, 
     # every writer is checked before any is written to: a refused output leaves nothing
     writers = {layer: CacheWriter(outs[layer], dict(identity, layer=layer), ids, labels, classes,
                                   dict(provenance), shard_size) for layer in layers}
+    comm.barrier()                      # every rank has checked the outputs before any writes
     todo = sorted(set().union(*(w.pending() for w in writers.values())))
+    if comm.size > 1:                   # shard k to rank k mod R, whatever is already done
+        size = next(iter(writers.values())).shard_size
+        todo = [(a, b) for a, b in todo if (a // size) % comm.size == comm.rank]
     order = np.array([i for a, b in todo for i in range(a, b)], dtype=np.int64)
     if not skip_unreadable:
         for i in order:
@@ -352,10 +366,16 @@ def extract(checkpoint, kind, root, split, layers, scale, view, outs, batch=16, 
         bar.close()
         spill.close()
         nets_kept.clear()
+    computed = comm.allreduce_sum(np.array([len(order)], dtype=np.float64))   # waits for all
+    computed = int(computed[0])
     seconds = time.perf_counter() - t0
-    paths = {layer: w.finish() for layer, w in writers.items()}
-    return {"paths": paths, "images": len(ids), "computed": int(len(order)), "seconds": seconds,
-            "images_per_s": len(order) / seconds if seconds > 0 and len(order) else None,
+    if comm.is_root:
+        paths = {layer: w.finish() for layer, w in writers.items()}
+    else:
+        paths = {layer: w.path for layer, w in writers.items()}
+    comm.barrier()                      # the caches are whole when any rank returns
+    return {"paths": paths, "images": len(ids), "computed": computed, "seconds": seconds,
+            "images_per_s": computed / seconds if seconds > 0 and computed else None,
             "skipped": loader.skipped}
 
 
