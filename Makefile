@@ -1,8 +1,9 @@
 # minispp — run `make help` for the list of targets.
 # Which Python: PYTHON=... if given; else the active virtual environment's (VIRTUAL_ENV set);
 # else the project's own .venv, made with $(BASE_PYTHON) -m venv on first use. The first target
-# that needs the package installs .[test,plots] into that Python once (the stamp $(STAMP), redone
+# that needs the package installs .[$(EXTRAS)] into that Python once (the stamp $(STAMP), redone
 # when setup.py changes), so `make test` or `make train-zf5` can be the first command of a clone.
+# EXTRAS=test,plots,mpi adds mpi4py and the MPICH wheel (mpiexec; CI installs it, .ci/run).
 BASE_PYTHON ?= python3
 VENV ?= .venv
 ifeq ($(origin PYTHON),undefined)
@@ -18,6 +19,7 @@ else
   STAMP := .installed
 endif
 PYTEST ?= $(PYTHON) -m pytest
+EXTRAS ?= test,plots
 # make test TESTS=tests/test_boxes.py PYTEST_ARGS="-x -k iou": a part of the suite
 TESTS ?=
 PYTEST_ARGS ?=
@@ -31,6 +33,12 @@ BATCH ?= 16
 MODE ?= multi
 SPP ?= 6,3,2,1
 LR ?= 0.01
+# RANKS=2: data-parallel over 2 MPI ranks (the mpi extra's mpiexec), --batch is the global batch;
+# a new run then records --blas-threads = cores / RANKS (BLAS_THREADS=... to choose)
+RANKS ?= 1
+MPI_EXTRAS := test,plots,mpi
+MPIEXEC ?= $(if $(wildcard $(dir $(PYTHON))mpiexec),$(dir $(PYTHON))mpiexec,mpiexec)
+BLAS_THREADS ?= $(if $(filter-out 1,$(RANKS)),$(shell n=$$(( $$(nproc 2>/dev/null || echo 2) / $(RANKS) )); [ $$n -ge 1 ] && echo $$n || echo 1))
 # features + SVM (make features-demo): the embedded VOC-layout set and the train-zf5 model
 VOC ?= data/embedded-voc
 CKPT ?= $(OUT)/best.h5
@@ -51,7 +59,7 @@ help:  ## list every target
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | \
 	  awk 'BEGIN {FS = ":.*## "}; {printf "  make %-18s %s\n", $$1, $$2}'
 
-install:  ## pip install -e .[test,plots] into $(PYTHON) (the project's .venv unless a venv is active or PYTHON is given)
+install:  ## pip install -e .[$(EXTRAS)] into $(PYTHON) (the project's .venv unless a venv is active or PYTHON is given)
 	@rm -f $(STAMP)
 	@$(MAKE) --no-print-directory $(STAMP)
 
@@ -66,17 +74,20 @@ ifdef MAKE_VENV
 	    exit 1; }; fi
 	-$(PYTHON) -m pip install --quiet --upgrade pip
 endif
-	$(PYTHON) -m pip install -e '.[test,plots]'
+	$(PYTHON) -m pip install -e '.[$(EXTRAS)]'
 	touch $@
 
 embedded: $(STAMP)  ## generate the embedded data set into $(EMBEDDED) (once; 10 classes, 1,500 images)
 	$(PYTHON) -m train embedded --out $(EMBEDDED)
 
-train-zf5: $(STAMP)  ## train ZF-5 + SPP(6,3,2,1), multi-size, on $(DATA) (default: the embedded set) into $(OUT)
+train-zf5: $(STAMP)  ## train ZF-5 + SPP(6,3,2,1), multi-size, on $(DATA) (default: the embedded set) into $(OUT); RANKS=2: 2 MPI ranks
+	@$(if $(filter-out 1,$(RANKS)),command -v $(MPIEXEC) >/dev/null || { echo "error: RANKS=$(RANKS) \
+	  needs mpiexec: make install EXTRAS=$(MPI_EXTRAS)" >&2; exit 1; })
 	@if [ "$(DATA)" = "$(EMBEDDED)" ]; then $(PYTHON) -m train embedded --out $(EMBEDDED); fi
-	$(PYTHON) -m train train --data $(DATA) --net zf5 --spp $(SPP) --mode $(MODE) \
+	$(if $(filter-out 1,$(RANKS)),$(MPIEXEC) -n $(RANKS) )$(PYTHON) -m train train \
+	  --data $(DATA) --net zf5 --spp $(SPP) --mode $(MODE) \
 	  --epochs $(EPOCHS) --batch $(BATCH) --lr $(LR) --out $(OUT) \
-	  $$( [ -f $(OUT)/checkpoint.h5 ] && echo --resume )
+	  $$( [ -f $(OUT)/checkpoint.h5 ] && echo --resume || echo "$(if $(BLAS_THREADS),--blas-threads $(BLAS_THREADS))" )
 
 test-zf5: $(STAMP)  ## evaluate $(OUT)/best.h5 on $(DATA)/val: center, 10-view, full image, 10 views and 98 views on conv5
 	for v in center 10view full 10view-fm multiview; do \

@@ -24,5 +24,6 @@ setup(
         "gpu": ["cupy-cuda13x==14.2.0"],          # the CUDA 13 machines the GPU path targets
         "test": ["pytest>=7"],
         "plots": ["matplotlib>=3.6"],
+        "mpi": ["mpi4py>=4.0", "mpich>=4.2"],      # mpiexec -n R (README, "Beyond one machine")
     },
 )
