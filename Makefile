@@ -51,7 +51,7 @@ DET ?= runs/det
 DET_LIMIT ?= 100
 FT_ITERS ?= 600
 
-.PHONY: help install venv test gradcheck train-zf5 test-zf5 compare-zf5 embedded embedded-voc features-demo features-compare detect-demo bench bench-conv bench-lrn bench-pool bench-spp \
+.PHONY: help install venv test gradcheck train-zf5 test-zf5 compare-zf5 ablation-zf5 embedded embedded-voc features-demo features-compare detect-demo bench bench-conv bench-lrn bench-pool bench-spp \
         bench-window-spp bench-zf5 bench-features summary-zf5 geometry clean test-gpu-sim
 
 help:  ## list every target
@@ -99,6 +99,11 @@ compare-zf5: $(STAMP)  ## no-SPP vs SPP single vs SPP multi x center/10-view/ful
 	@if [ "$(DATA)" = "$(EMBEDDED)" ]; then $(PYTHON) -m train embedded --out $(EMBEDDED); fi
 	$(PYTHON) -m train compare --data $(DATA) --out runs/compare --seeds $(SEEDS) --epochs $(EPOCHS) \
 	  --batch $(BATCH) --lr $(LR)
+
+ablation-zf5: $(STAMP)  ## SPP {4,3,2,1} (30 bins) vs {6,3,2,1} vs no SPP, single-size (Sec. 3.1.2), SEEDS seeds -> runs/compare/ablation.md (shares compare-zf5's runs)
+	@if [ "$(DATA)" = "$(EMBEDDED)" ]; then $(PYTHON) -m train embedded --out $(EMBEDDED); fi
+	$(PYTHON) -m train compare --data $(DATA) --out runs/compare --seeds $(SEEDS) --epochs $(EPOCHS) \
+	  --batch $(BATCH) --lr $(LR) --pyramids 6,3,2,1/4,3,2,1 --modes single --table ablation
 
 embedded-voc: $(STAMP)  ## generate the embedded VOC-devkit-layout set into $(VOC) (once; 300 trainval + 300 test)
 	$(PYTHON) -m train embedded --voc --out $(VOC)

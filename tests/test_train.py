@@ -151,6 +151,39 @@ def test_compare_trains_every_variant_and_writes_the_table(data, tmp_path):
     assert len(results) == 2 * (2 + 3 + 3)
 
 
+def test_compare_runs_the_pyramid_ablation_and_shares_its_trainings(data, tmp_path, capsys):
+    """Sec. 3.1.2's ablation: no SPP against two pyramids, single-size (issue 14, item 2)."""
+    from train.classify.compare import run_comparison
+    from train.cli import main
+    out = tmp_path / "cmp"
+    table = run_comparison(data, out, seeds=(0,), epochs=1, batch=8, progress=False, net="small",
+                           pyramids=[(3, 2, 1), (2, 1)], modes=("single",), table="ablation")
+    rows = {l.split(" | ")[0].strip("| "): l for l in table.splitlines()[4:]}
+    assert list(rows) == ["no SPP, single-size", "SPP {3,2,1} (14 bins), single-size",
+                          "SPP {2,1} (5 bins), single-size"]
+    assert "small, SPP 3,2,1 vs 2,1" in table.splitlines()[0]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "ablation.json", "ablation.md", "nospp-single-seed0", "spp2_1-single-seed0",
+        "spp3_2_1-single-seed0"]
+    assert nets.load(str(out / "spp2_1-single-seed0/best.h5")).spp == (2, 1)
+    assert nets.load(str(out / "nospp-single-seed0/best.h5")).spp is None
+    # another table over some of the same variants trains nothing again
+    stamp = os.path.getmtime(out / "spp2_1-single-seed0/best.h5")
+    again = run_comparison(data, out, seeds=(0,), epochs=1, batch=8, progress=False, net="small",
+                           pyramids=[(2, 1)], modes=("single",), table="one")
+    assert os.path.getmtime(out / "spp2_1-single-seed0/best.h5") == stamp
+    assert [l.split(" | ")[0].strip("| ") for l in again.splitlines()[4:]] == \
+        ["no SPP, single-size", "SPP, single-size"]
+    assert again.splitlines()[5].split(" | ")[1:] == table.splitlines()[6].split(" | ")[1:]
+    for args, message in ((["--pyramids", "3,2,1/none"], "'none' is not a pyramid"),
+                          (["--pyramids", "3,2,1/3,2,1"], "distinct pyramids"),
+                          (["--modes", "single,warp"], "unknown training mode 'warp'"),
+                          (["--table", "../x"], "contains a path separator")):
+        assert main(["compare", "--data", str(data), "--out", str(tmp_path / "new"), *args]) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
+
+
 # -- resume continues exactly the recorded run (issue 17, item 6) ----------------------------
 def test_resume_refuses_every_argument_that_differs_naming_each(data, tmp_path):
     out = tmp_path / "r"

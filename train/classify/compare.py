@@ -1,7 +1,13 @@
 """The paper's ZF-5 comparisons on one data set (Tables 2-3 in spirit): no-SPP vs SPP
 single-size vs SPP multi-size, each tested with the center crop, the 10 views and the full
 image (the no-SPP net has no full view), over several seeds. Writes a Markdown table with
-the mean and spread (sample standard deviation) of the top-1 / top-5 errors."""
+the mean and spread (sample standard deviation) of the top-1 / top-5 errors.
+
+Several pyramids can be compared in one table (Sec. 3.1.2: the 30-bin {4, 3, 2, 1} against
+the 50-bin {6, 3, 2, 1} and no SPP, all single-size): one SPP variant per pyramid and
+training mode. The run folders are named by variant and seed (nospp-single-seed0,
+spp-single-seed0 for {6, 3, 2, 1}, spp4_3_2_1-single-seed0 for another pyramid), so tables
+that share variants share their trainings."""
 import json
 import os
 
@@ -9,26 +15,55 @@ import numpy as np
 
 import nets
 from minispp.data.imagefolder import ImageFolder
+from minispp.data.names import inside
 
 from train.classify.trainer import BEST, Trainer
 from train.classify.evaluate import evaluate
 
+DEFAULT_LEVELS = (6, 3, 2, 1)
+MODES = ("single", "multi", "random")
 VARIANTS = (("no SPP, single-size", None, "single"),
             ("SPP, single-size", "spp", "single"),
             ("SPP, multi-size", "spp", "multi"))
 
 
+def variants(pyramids=(DEFAULT_LEVELS,), modes=("single", "multi")):
+    """[(label, levels or None, mode, run-folder stem)]: no SPP single-size, then every
+    pyramid in every mode. With one pyramid the labels are VARIANTS'; with several they name
+    the pyramid and its bin count."""
+    pyramids = [tuple(int(n) for n in p) for p in pyramids]
+    if not pyramids or len(set(pyramids)) != len(pyramids):
+        raise ValueError(f"pyramids must be one or more distinct pyramids, got {pyramids}")
+    for m in modes:
+        if m not in MODES:
+            raise ValueError(f"unknown training mode {m!r}; expected some of {MODES}")
+    if not modes or len(set(modes)) != len(modes):
+        raise ValueError(f"modes must be one or more distinct modes, got {list(modes)}")
+    out = [("no SPP, single-size", None, "single", "nospp-single")]
+    for levels in pyramids:
+        name = "spp" if levels == DEFAULT_LEVELS else "spp" + "_".join(map(str, levels))
+        for mode in modes:
+            label = f"SPP, {mode}-size" if len(pyramids) == 1 else \
+                f"SPP {{{','.join(map(str, levels))}}} ({sum(n * n for n in levels)} bins), {mode}-size"
+            out.append((label, levels, mode, f"{name}-{mode}"))
+    return out
+
+
 def run_comparison(data, out, seeds=(0, 1), epochs=12, batch=16, lr=0.01, workers=2,
-                   progress=True, net="zf5", levels=(6, 3, 2, 1)):
+                   progress=True, net="zf5", levels=DEFAULT_LEVELS, pyramids=None,
+                   modes=("single", "multi"), table="results"):
     """Train every variant for every seed (resuming finished or interrupted runs), test
-    every view, write out/results.json and out/results.md; return the Markdown."""
+    every view, write out/<table>.json and out/<table>.md; return the Markdown.
+    pyramids: the SPP pyramids compared (default: (levels,)); modes: their training modes."""
+    pyramids = (tuple(levels),) if pyramids is None else tuple(tuple(p) for p in pyramids)
+    plan = variants(pyramids, modes)
+    md, js = inside(out, table, ".md"), inside(out, table, ".json")     # checked before training
     os.makedirs(out, exist_ok=True)
     val = None
     results = []
-    for label, kind, mode in VARIANTS:
-        spp = None if kind is None else tuple(levels)
+    for label, spp, mode, stem in plan:
         for seed in seeds:
-            run_dir = os.path.join(out, f"{'nospp' if spp is None else 'spp'}-{mode}-seed{seed}")
+            run_dir = os.path.join(out, f"{stem}-seed{seed}")
             resume = os.path.exists(os.path.join(run_dir, "checkpoint.h5"))
             Trainer(data, run_dir, net=net, spp=spp, mode=mode, epochs=epochs, batch=batch,
                     lr=lr, seed=seed, workers=workers, resume=resume, progress=progress).run()
@@ -38,7 +73,7 @@ def run_comparison(data, out, seeds=(0, 1), epochs=12, batch=16, lr=0.01, worker
                 with open(done) as f:
                     saved = json.load(f)
                 if saved["best_mtime"] == stamp:
-                    results.extend(saved["results"])
+                    results.extend(dict(r, variant=label) for r in saved["results"])
                     continue
             model = nets.load(os.path.join(run_dir, BEST))
             if val is None:
@@ -54,21 +89,24 @@ def run_comparison(data, out, seeds=(0, 1), epochs=12, batch=16, lr=0.01, worker
                 json.dump({"best_mtime": stamp, "results": mine}, f, indent=1)
             os.replace(done + ".tmp", done)
             results.extend(mine)
-    with open(os.path.join(out, "results.json"), "w") as f:
+    with open(js, "w") as f:
         json.dump(results, f, indent=1)
-    table = markdown_table(results, seeds, epochs, f"{net}, SPP {','.join(map(str, levels))}")
-    with open(os.path.join(out, "results.md"), "w") as f:
-        f.write(table)
-    return table
+    what = f"{net}, SPP {' vs '.join(','.join(map(str, p)) for p in pyramids)}"
+    text = markdown_table(results, seeds, epochs, what, [v[0] for v in plan])
+    with open(md, "w") as f:
+        f.write(text)
+    return text
 
 
-def markdown_table(results, seeds, epochs, what="zf5"):
-    """Rows: variants; columns: views; cells: mean top-1 / top-5 error ± spread, in %."""
+def markdown_table(results, seeds, epochs, what="zf5", labels=None):
+    """Rows: variants (labels, in order; default VARIANTS'); columns: views; cells: mean
+    top-1 / top-5 error ± spread, in %."""
+    labels = [v[0] for v in VARIANTS] if labels is None else labels
     views = ("center", "10view", "full")
     lines = [f"{what}: validation error, top-1 / top-5 %, mean ± sample std over {len(seeds)} "
              f"seed(s) ({', '.join(map(str, seeds))}), {epochs} epochs each.", "",
              "| | center crop | 10 views | full image |", "|---|---|---|---|"]
-    for label, _, _ in VARIANTS:
+    for label in labels:
         cells = []
         for view in views:
             rs = [r for r in results if r["variant"] == label and r["view"] == view]

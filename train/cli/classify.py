@@ -24,7 +24,11 @@ layout: DIR/train/<class>/<images> and DIR/val/<class>/<images> (ImageNet class 
   minispp test --checkpoint runs/zf5/best.h5 --data data/embedded --view multiview""",
     "compare": """examples:
   minispp compare --data data/embedded --out runs/compare --seeds 0,1 --epochs 12
-  (6 trainings of about 20 minutes each on 2 cores; interrupted runs resume)""",
+  (6 trainings of about 20 minutes each on 2 cores; interrupted runs resume)
+  minispp compare --data data/embedded --out runs/compare --seeds 0,1 --epochs 12 \\
+      --pyramids 6,3,2,1/4,3,2,1 --modes single --table ablation
+  (the 30-bin pyramid against 50 bins and no SPP, Sec. 3.1.2: reuses the first command's
+  single-size runs, 2 new trainings)""",
     "visualize": """examples:
   minispp visualize --checkpoint runs/zf5/best.h5 --images data/embedded/val --layer conv5 --out fig2.png
   minispp visualize --checkpoint runs/zf5/best.h5 --images data/embedded/val --filters 55,66,118 --top 8 --out fig2.png""",
@@ -99,6 +103,14 @@ def register(sub, fmt):
     c.add_argument("--batch", type=int, default=16, help="at least 1")
     c.add_argument("--lr", type=float, default=0.01, help="above 0")
     c.add_argument("--workers", type=int, default=2, help="at least 1")
+    c.add_argument("--pyramids", default="6,3,2,1",
+                   help="SPP pyramids compared, separated by '/': 6,3,2,1/4,3,2,1 adds the 30-bin "
+                        "pyramid of Sec. 3.1.2 (default 6,3,2,1)")
+    c.add_argument("--modes", default="single,multi",
+                   help="training modes of the SPP variants: single, multi, random (default "
+                        "single,multi; no SPP is always single-size)")
+    c.add_argument("--table", default="results",
+                   help="the table's file name in --out: TABLE.md and TABLE.json (default results)")
     c.add_argument("--quiet", action="store_true")
     c.set_defaults(run=cmd_compare)
 
@@ -190,8 +202,17 @@ def cmd_compare(a):
         at_least(value, 1, flag)
     if not a.lr > 0 or a.lr == float("inf"):
         raise ValueError(f"--lr must be a positive number, got {a.lr}")
+    from nets import parse_spp
+    pyramids = []
+    for part in a.pyramids.split("/"):
+        levels = parse_spp(part)
+        if levels is None:
+            raise ValueError(f"--pyramids {a.pyramids}: 'none' is not a pyramid (no SPP is "
+                             f"always compared)")
+        pyramids.append(levels)
     table = run_comparison(a.data, a.out, seeds=seeds, epochs=a.epochs, batch=a.batch, lr=a.lr,
-                           workers=a.workers, progress=not a.quiet)
+                           workers=a.workers, progress=not a.quiet, pyramids=pyramids,
+                           modes=tuple(a.modes.split(",")), table=a.table)
     print(table)
     return 0
 
