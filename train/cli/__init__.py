@@ -3,7 +3,8 @@
     minispp embedded --out data/embedded
     minispp compare --data data/embedded --out runs/compare --seeds 0,1
     minispp train --data DIR --net zf5 --spp 6,3,2,1 --mode multi --epochs N --batch B --out OUTDIR [--resume]
-    minispp test --checkpoint OUTDIR/checkpoint.h5 --data DIR --split val --view center|10view|full --json RESULT.json
+    minispp test --checkpoint OUTDIR/checkpoint.h5 --data DIR --split val --view center|10view|full|10view-fm|multiview --json RESULT.json
+    minispp visualize --checkpoint CKPT --images DIR --layer conv5 [--filters 55,66,118] --out PNG
     minispp features --checkpoint CKPT --voc DIR|--caltech DIR|--folder DIR --split S --layer fc7 --scale 224 --view full --out CACHE.h5
     minispp svm --train CACHE --test CACHE --json RESULT.json
     minispp cache info CACHE.h5
