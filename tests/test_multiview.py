@@ -213,14 +213,16 @@ def test_command_line_multiview_and_10view_fm(tmp_path, folder, capsys):
     from train.cli import main
     ckpt = save_small(tmp_path / "small.h5")
     import json
+    (folder / "c0" / "broken.jpg").write_bytes(b"not a jpeg")         # reported and skipped
     for view in ("10view-fm", "multiview"):
         out = tmp_path / f"{view}.json"
         assert main(["test", "--checkpoint", ckpt, "--data", str(folder.parent), "--view", view,
                      "--json", str(out), "--quiet"]) == 0
         r = json.loads(out.read_text())
-        assert r["images"] == 4 and 0 <= r["top5"] <= r["top1"] <= 1
+        assert r["images"] == 4 and r["skipped"] == 1 and 0 <= r["top5"] <= r["top1"] <= 1
         assert r["views_per_image"] == (10 if view == "10view-fm" else (3 * 98 + 94) / 4)
-        assert f"{view}: top-1 error" in capsys.readouterr().out
+        text = capsys.readouterr()
+        assert f"{view}: top-1 error" in text.out and "broken.jpg" in text.err
     nospp = nets.build("small", num_classes=10, spp=None)
     nospp.save(tmp_path / "nospp.h5", meta={"config": {"mean": 128.0}},
                extras={"pixel_std": np.array(60.0)})
