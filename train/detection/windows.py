@@ -25,6 +25,7 @@ import numpy as np
 from tqdm import tqdm
 
 from layers import WindowSPP
+from minispp import distributed
 from minispp.data.names import inside
 from minispp.data.transforms import resize_min_side, to_input
 from minispp.detection.boxes import iou
@@ -198,7 +199,7 @@ class ScaleCaches:
 class DirectConv:
     """conv5 maps computed when asked and never written: the test-time mode that pools
     windows straight from conv5 (`detect-test --no-conv-cache`), for a test split whose maps
-    are read once (about 0.9 MB an image at s = 688 in float16, 6 MB at the five scales:
+    are read once (1.25 MB for a 500 x 375 image at s = 688 in float16, about 9 MB at the five scales:
     docs/design.md, "Memory and disk"). The maps are rounded to float16 as the cache stores
     them, so scores are those of the cached path, bit for bit."""
 
@@ -310,6 +311,8 @@ def prepare_images(ds, workdir, det, progress=True, limit=None, precomputed=None
                           top=det.config["proposals"], precomputed=precomputed)
     conv = scale_caches(workdir, det.model, det.config["scales"], det.mean, det.pixel_scale)
     n = len(ds) if limit is None else min(limit, len(ds))
+    if distributed.world().size > 1:
+        share_caches(ds, workdir, det, n, precomputed, distributed.world())
     with tqdm(total=n, desc=f"proposals ({ds.split})", unit="img", disable=not progress) as bar:
         props.fill(ds.ids[:n], [ds.image_path(i) for i in range(n)], progress=bar.update)
     images = []
@@ -320,6 +323,25 @@ def prepare_images(ds, workdir, det, progress=True, limit=None, precomputed=None
         if not conv.has(ds.ids[i]):
             conv.get(ds.ids[i], load)
     return images, conv
+
+
+def share_caches(ds, workdir, det, n, precomputed, comm):
+    """Under MPI (`mpiexec -n R minispp detect-train`): this rank's images, every R-th of the
+    first n, into the proposal cache and the conv5 caches at the fine-tuning scales and every
+    SVM scale; returns when every rank is done, so rank 0 then finds every image cached.
+    The caches are per image, so a killed run keeps what it wrote."""
+    mine = distributed.shard(list(range(n)), comm)
+    props = ProposalCache(os.path.join(workdir, "proposals"), seed=det.config["seed"],
+                          top=det.config["proposals"], precomputed=precomputed)
+    props.fill([ds.ids[i] for i in mine], [ds.image_path(i) for i in mine],
+               jobs=max(1, (os.cpu_count() or 1) // comm.local_size))
+    sets = [det.config["scales"]] + list(det.config.get("svm_scales") or ())
+    conv = scale_caches(workdir, det.model, sorted({int(s) for ss in sets for s in ss}),
+                        det.mean, det.pixel_scale)
+    for i in mine:
+        if not conv.has(ds.ids[i]):
+            conv.get(ds.ids[i], lambda i=i: ds.load(i)[0])
+    comm.barrier()
 
 
 def pooled_windows(det, conv, image, rows):
@@ -341,6 +363,14 @@ def split_proposals(voc, split, out, top=2000, seed=0, limit=None, jobs=None, pr
     ds = VOCDataset(voc, split)
     cache = ProposalCache(os.path.join(out, "proposals"), seed=seed, top=top, precomputed=precomputed)
     n = len(ds) if limit is None else min(limit, len(ds))
+    comm = distributed.world()
+    if comm.size > 1:               # every R-th image on each rank; rank 0 reports the recall
+        mine = distributed.shard(list(range(n)), comm)
+        cache.fill([ds.ids[i] for i in mine], [ds.image_path(i) for i in mine],
+                   jobs or max(1, (os.cpu_count() or 1) // comm.local_size))
+        comm.barrier()
+        if not comm.is_root:
+            return None
     with tqdm(total=n, desc="proposals", unit="img", disable=not progress) as bar:
         cache.fill(ds.ids[:n], [ds.image_path(i) for i in range(n)], jobs, bar.update)
     props, gts = [], []
