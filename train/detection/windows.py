@@ -199,7 +199,7 @@ class ScaleCaches:
 class DirectConv:
     """conv5 maps computed when asked and never written: the test-time mode that pools
     windows straight from conv5 (`detect-test --no-conv-cache`), for a test split whose maps
-    are read once (1.25 MB for a 500 x 375 image at s = 688 in float16, about 9 MB at the five scales:
+    are read once (1.25 MB for a 500 x 375 image at s = 688 in float16, 8.5 MB at the five scales:
     docs/design.md, "Memory and disk"). The maps are rounded to float16 as the cache stores
     them, so scores are those of the cached path, bit for bit."""
 
