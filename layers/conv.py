@@ -1,6 +1,7 @@
 """Convolution as im2col + one GEMM (paper Sec. 3.1.1, Table 1: conv1..conv7)."""
 import numpy as np
 
+from minispp.backend import get_array_module
 from minispp.kernels.cpu.im2col import col2im, gemm_to_nchw, im2col, nchw_to_gemm
 from minispp.layer import Layer, as_pair
 
@@ -25,11 +26,16 @@ class Conv(Layer):
         dW2 = dY2 @ col.T     db = sum of dy over (n, oh, ow)     dcol = W2.T @ dY2
         dx = col2im(dcol)     (skipped when propagate_down is False: a net's conv1)
     A test-time forward whose col would exceed WORKSPACE_BYTES runs in bands of output rows.
+
+    GPU bodies (CuPy arrays): cuDNN's fprop, dgrad and wgrad through the cuDNN Frontend for
+    float32 where it is installed (minispp/kernels/gpu/cudnn_conv.py; x kept for wgrad);
+    otherwise, and for float64, the same im2col + GEMM as above with the numba.cuda im2col /
+    col2im kernels and cuBLAS (CuPy's matmul).
     """
 
     prefix = "conv"
     has_params = True
-    saves = ("col",)
+    saves = ("col", "x")          # x: cuDNN's wgrad reads the input, im2col's the col
 
     def __init__(self, out_channels, kernel, stride=1, pad=0, name=None, std=None, bias=0.0,
                  lr_mult=(1.0, 2.0), decay_mult=(1.0, 0.0)):
@@ -136,3 +142,76 @@ class Conv(Layer):
         dx = np.empty(self.in_shape, dy.dtype)
         col2im(dcol, kh, kw, sh, sw, ph, pw, Ho, Wo, dx)
         return dx
+
+    # -- GPU bodies ---------------------------------------------------------------------
+    def _forward_gpu(self, x, train=True):
+        from minispp.kernels.gpu import cudnn_conv
+        xp = get_array_module(x)
+        x = xp.ascontiguousarray(x)
+        F = self.out_channels
+        W = xp.ascontiguousarray(self.value_as("W", x.dtype))
+        b = self.value_as("b", x.dtype)
+        built = cudnn_conv.usable(x) and self._cudnn_plan("fprop")
+        if built:
+            y = cudnn_conv.execute(built, x, W, xp.empty(self.out_shape, x.dtype))
+            y += b.reshape(1, F, 1, 1)
+            self.save(x=x if train else None)
+            return y
+        N, _, Ho, Wo = self.out_shape
+        col = self._im2col_gpu(x, xp)
+        y2 = W.reshape(F, -1) @ col                                 # (F, N Ho Wo), cuBLAS
+        y = xp.empty((N, F, Ho * Wo), x.dtype)
+        xp.add(y2.reshape(F, N, Ho * Wo).transpose(1, 0, 2), b.reshape(F, 1), out=y)
+        self.save(col=col if train else None)
+        return y.reshape(self.out_shape)
+
+    def _backward_gpu(self, dy, propagate_down=True):
+        from minispp.kernels.gpu import cudnn_conv
+        from minispp.kernels.gpu.im2col import col2im
+        xp = get_array_module(dy)
+        x, col = self.saved.x, self.saved.col
+        if x is None and col is None:
+            raise RuntimeError(f"{self._who()}: backward needs a train=True forward")
+        dtype = (x if x is not None else col).dtype
+        dy = xp.ascontiguousarray(dy, dtype=dtype)
+        N, C, H, W = self.in_shape
+        _, F, Ho, Wo = self.out_shape
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.pad
+        Wt = xp.ascontiguousarray(self.value_as("W", dtype))
+        self.add_grad("b", dy.sum(axis=(0, 2, 3)))
+        if x is not None:                                           # the cuDNN forward ran
+            self.add_grad("W", cudnn_conv.execute(self._cudnn_plan("wgrad"), x, dy,
+                                                  xp.empty(Wt.shape, dtype)))
+            if not propagate_down:
+                return None
+            return cudnn_conv.execute(self._cudnn_plan("dgrad"), dy, Wt,
+                                      xp.empty(self.in_shape, dtype))
+        dy2 = self.scratch("dy2", (F, N * Ho * Wo), dtype, xp)
+        dy2.reshape(F, N, Ho * Wo)[...] = dy.reshape(N, F, Ho * Wo).transpose(1, 0, 2)
+        self.add_grad("W", (dy2 @ col.T).reshape(F, C, kh, kw))
+        if not propagate_down:
+            return None
+        dcol = Wt.reshape(F, -1).T @ dy2
+        dx = xp.empty(self.in_shape, dtype)
+        col2im(dcol, kh, kw, sh, sw, ph, pw, Ho, Wo, dx)
+        return dx
+
+    def _im2col_gpu(self, x, xp):
+        from minispp.kernels.gpu.im2col import im2col
+        N, C, H, W = x.shape
+        _, _, Ho, Wo = self.out_shape
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.pad
+        col = self.scratch("col", (C * kh * kw, N * Ho * Wo), x.dtype, xp)
+        im2col(x, kh, kw, sh, sw, ph, pw, Ho, Wo, col)
+        return col
+
+    def _cudnn_plan(self, op):
+        """The cached cuDNN graph of op ("fprop", "dgrad", "wgrad") at this layer's shapes;
+        None (fall back to im2col) where cuDNN cannot run the forward and both gradients."""
+        from minispp.kernels.gpu import cudnn_conv
+        shapes = (self.in_shape, (self.out_channels, self.in_shape[1]) + self.kernel,
+                  self.out_shape, self.stride, self.pad)
+        if op == "fprop" and not all(cudnn_conv.plan(o, *shapes) for o in ("fprop", "dgrad",
+                                                                             "wgrad")):
+            return None
+        return cudnn_conv.plan(op, *shapes)

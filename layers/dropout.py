@@ -2,6 +2,7 @@
 time, so the layer is the identity at test time."""
 import numpy as np
 
+from minispp.backend import get_array_module
 from minispp.layer import Layer
 
 
@@ -87,3 +88,26 @@ class Dropout(Layer):
         if not self._forward_train:          # the last forward was the test-time identity
             return dy.copy()
         return dy * self.mask.astype(dy.dtype, copy=False)
+
+    # -- GPU bodies: the mask is draw_mask's, as on the CPU (the same Generator or keys, the
+    # same values), copied to the device once per draw; the products are the array module's.
+    def _forward_gpu(self, x, train=True):
+        if not train:
+            return x.copy()
+        if not (self.frozen and self.mask is not None and self.mask.shape == x.shape):
+            self.mask = self.draw_mask(x.shape, x.dtype)
+        return x * self._mask_on_device(x)
+
+    def _backward_gpu(self, dy, propagate_down=True):
+        if not self._forward_train:
+            return dy.copy()
+        return dy * self._mask_on_device(dy)
+
+    def _mask_on_device(self, like):
+        """self.mask in like's dtype on like's device (copied when the host mask changed)."""
+        cached = self.__dict__.get("_device_mask")
+        if cached is None or cached[0] is not self.mask or cached[1].dtype != like.dtype:
+            xp = get_array_module(like)
+            cached = (self.mask, xp.asarray(self.mask.astype(like.dtype, copy=False)))
+            self._device_mask = cached
+        return cached[1]

@@ -10,6 +10,8 @@ class FC(Layer):
     out_features: M. W: (M, D), b: (M,) as "<name>.W", "<name>.b". std: Gaussian init std,
     or None for sqrt(2 / D) (He et al. 2015); bias: initial bias value.
     Backward: dW = dy.T @ x2, db = sum of dy over the batch, dx = (dy @ W) in x's shape.
+    One body for both devices: the products are the array module's (BLAS on the CPU, cuBLAS
+    through CuPy on the GPU).
     """
 
     prefix = "fc"
@@ -62,3 +64,6 @@ class FC(Layer):
         if not propagate_down:
             return None
         return (dy @ self.value_as("W", dy.dtype)).reshape(self.in_shape)
+
+    _forward_gpu = _forward_cpu
+    _backward_gpu = _backward_cpu

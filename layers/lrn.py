@@ -1,6 +1,7 @@
 """Local response normalization across channels (Krizhevsky et al.; paper Table 1)."""
 import numpy as np
 
+from minispp.backend import get_array_module
 from minispp.kernels.cpu.lrn import lrn_backward, lrn_forward
 from minispp.layer import Layer
 
@@ -16,7 +17,8 @@ class LRN(Layer):
     multiplies alpha the same way).
 
     x: (N, C, H, W) -> y: same shape. Forward keeps scale and scale^-beta; backward is the
-    exact analytic gradient (see minispp/kernels/cpu/lrn.py for the formula).
+    exact analytic gradient (see minispp/kernels/cpu/lrn.py for the formula). GPU bodies: the
+    numba.cuda twins (minispp/kernels/gpu/lrn.py), equal to float32 rounding.
     """
 
     prefix = "norm"
@@ -51,4 +53,25 @@ class LRN(Layer):
         dx, ratio = np.empty_like(x3), self.scratch("ratio", x3.shape, x3.dtype)
         alpha, beta = x3.dtype.type(self.alpha), x3.dtype.type(self.beta)
         lrn_backward(x3, dy3, scale, inv, self.size, alpha, beta, dx, ratio)
+        return dx.reshape(self.in_shape)
+
+    def _forward_gpu(self, x, train=True):
+        from minispp.kernels.gpu.lrn import lrn_forward as forward
+        xp = get_array_module(x)
+        N, C, H, W = x.shape
+        x3 = xp.ascontiguousarray(x).reshape(N, C, H * W)
+        y = xp.empty_like(x3)
+        scale = self.scratch("scale", x3.shape, x3.dtype, xp)
+        inv = self.scratch("inv", x3.shape, x3.dtype, xp)
+        forward(x3, self.size, self.alpha, self.beta, self.k, y, scale, inv)
+        self.save(x3=x3, scale=scale, inv=inv)
+        return y.reshape(x.shape)
+
+    def _backward_gpu(self, dy, propagate_down=True):
+        from minispp.kernels.gpu.lrn import lrn_backward as backward
+        xp = get_array_module(dy)
+        x3, scale, inv = self.saved.x3, self.saved.scale, self.saved.inv
+        dy3 = xp.ascontiguousarray(dy, dtype=x3.dtype).reshape(x3.shape)
+        dx, ratio = xp.empty_like(x3), self.scratch("ratio", x3.shape, x3.dtype, xp)
+        backward(x3, dy3, scale, inv, self.size, self.alpha, self.beta, dx, ratio)
         return dx.reshape(self.in_shape)

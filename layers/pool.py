@@ -1,6 +1,7 @@
 """Max pooling with overlapping windows (paper Table 1: pool 3x3 stride 2, and others)."""
 import numpy as np
 
+from minispp.backend import get_array_module
 from minispp.kernels.cpu.maxpool import max_scatter_backward, maxpool_forward
 from minispp.layer import Layer, as_pair
 
@@ -31,6 +32,8 @@ class MaxPool(Layer):
     x: (N, C, H, W) -> y: (N, C, Ho, Wo). Backward sends each dy to the input cell that won
     the forward max (argmax kept as int32 by a train=True forward; see Layer.backward for a
     backward after a test-time one); overlapping windows add up.
+    GPU bodies: the numba.cuda twins (minispp/kernels/gpu/maxpool.py), same results bit for
+    bit; the backward is a gather, one thread per input cell, in the CPU scatter's order.
     """
 
     prefix = "pool"
@@ -71,3 +74,21 @@ class MaxPool(Layer):
         dx = np.empty((N, C, H * W), dy.dtype)
         max_scatter_backward(dy.reshape(N, C, -1), self.saved.argmax.reshape(N, C, -1), dx)
         return dx.reshape(self.in_shape)
+
+    def _forward_gpu(self, x, train=True):
+        from minispp.kernels.gpu.maxpool import maxpool_forward as forward
+        xp = get_array_module(x)
+        y = xp.empty(self.out_shape, x.dtype)
+        argmax = self.scratch("argmax", self.out_shape if train else (1, 1, 1, 1), np.int32, xp)
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.pad
+        forward(xp.ascontiguousarray(x), kh, kw, sh, sw, ph, pw, y, argmax, train)
+        self.save(argmax=argmax if train else None)
+        return y
+
+    def _backward_gpu(self, dy, propagate_down=True):
+        from minispp.kernels.gpu.maxpool import maxpool_backward as backward
+        xp = get_array_module(dy)
+        dx = xp.empty(self.in_shape, dy.dtype)
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.pad
+        backward(xp.ascontiguousarray(dy), self.saved.argmax, kh, kw, sh, sw, ph, pw, dx)
+        return dx

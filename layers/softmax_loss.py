@@ -1,6 +1,7 @@
 """Softmax + multinomial cross-entropy, averaged over the batch (fc8's loss)."""
 import numpy as np
 
+from minispp.backend import get_array_module, to_numpy
 from minispp.layer import Layer
 
 
@@ -25,8 +26,9 @@ class SoftmaxLoss(Layer):
         return ()
 
     def _forward_cpu(self, scores, labels, train=True):
+        xp = get_array_module(scores)
         N, K = scores.shape
-        labels = np.asarray(labels)
+        labels = to_numpy(labels)           # checked on the host (N values)
         if labels.shape != (N,):
             raise ValueError(f"{self._who()}: labels must have shape ({N},), got {labels.shape}")
         if labels.dtype.kind not in "iu":
@@ -39,26 +41,31 @@ class SoftmaxLoss(Layer):
             r = int(np.nonzero(bad)[0][0])
             raise ValueError(f"{self._who()}: label {int(labels[r])} in row {r} is outside [0, {K})")
         log_probs = log_softmax(scores)
-        self.probs = np.exp(log_probs)
-        labels = labels.astype(np.int64)
+        self.probs = xp.exp(log_probs)
+        labels = xp.asarray(labels.astype(np.int64))     # a copy: the caller may reuse its array
         self.save(probs=self.probs, labels=labels)
-        return float(-log_probs[np.arange(N), labels].mean())
+        return float(-log_probs[xp.arange(N), labels].mean())
 
     def _backward_cpu(self, dloss=1.0, propagate_down=True):
         probs, labels = self.saved.probs, self.saved.labels
         N = probs.shape[0]
         d = probs.copy()
-        d[np.arange(N), labels] -= 1
+        d[get_array_module(probs).arange(N), labels] -= 1
         d *= dloss / N
         return d
 
+    # one body for both devices: the labels are checked on the host, the rest is array ops
+    _forward_gpu = _forward_cpu
+    _backward_gpu = _backward_cpu
+
 
 def log_softmax(scores):
-    """Row-wise log softmax, stable: the row max is subtracted before exp."""
+    """Row-wise log softmax, stable: the row max is subtracted before exp (NumPy or CuPy)."""
+    xp = get_array_module(scores)
     shifted = scores - scores.max(axis=1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    return shifted - xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))
 
 
 def softmax(scores):
     """Row-wise softmax probabilities (the one softmax of minispp)."""
-    return np.exp(log_softmax(scores))
+    return get_array_module(scores).exp(log_softmax(scores))

@@ -1,6 +1,7 @@
 """The spatial pyramid pooling layer (paper Sec. 2.2-2.3, Fig. 3, Appendix)."""
 import numpy as np
 
+from minispp.backend import get_array_module
 from minispp.geometry import FORMS, spp_output_length
 from minispp.kernels.cpu.spp import spp_backward, spp_forward
 from minispp.layer import Layer
@@ -18,7 +19,8 @@ class SPP(Layer):
 
     x: (N, C, H, W) -> y: (N, C * sum n^2), level by level in the order given, each level
     channel-major (C, n, n) flattened. Backward routes each dy to its bin's argmax; bins may
-    overlap, so gradients add.
+    overlap, so gradients add. GPU bodies: one launch of the numba.cuda kernel of
+    minispp/kernels/gpu/spp.py for every image, level, bin and channel, on the same bins.
     """
 
     prefix = "spp"
@@ -62,3 +64,31 @@ class SPP(Layer):
         spp_backward(np.ascontiguousarray(dy), self.saved.argmax, self.img, self.pyramid.levels,
                      self.pyramid.outofs, dx)
         return dx.reshape(self.in_shape)
+
+    def _forward_gpu(self, x, train=True):
+        from minispp.kernels.gpu.spp import spp_forward as forward
+        xp = get_array_module(x)
+        p = self.pyramid
+        y = xp.empty(self.out_shape, x.dtype)
+        argmax = self.scratch("argmax", self.out_shape if train else (1, 1), np.int32, xp)
+        forward(xp.ascontiguousarray(x), self._device_img(xp), *p.device_bins(xp), p.levels,
+                p.lofs, p.outofs, p.src, p.order, y, argmax, train)
+        self.save(argmax=argmax if train else None)
+        return y
+
+    def _backward_gpu(self, dy, propagate_down=True):
+        from minispp.kernels.gpu.spp import spp_backward as backward
+        xp = get_array_module(dy)
+        N, C, H, W = self.in_shape
+        dx = xp.empty((N, C, H * W), dy.dtype)
+        backward(xp.ascontiguousarray(dy), self.saved.argmax, self._device_img(xp),
+                 self.pyramid.levels, self.pyramid.outofs, dx)
+        return dx.reshape(self.in_shape)
+
+    def _device_img(self, xp):
+        """self.img (the map of each window: image n for row n) on the device, copied once
+        per size."""
+        cached = self.__dict__.get("_img_device")
+        if cached is None or cached[0] is not self.img or cached[1] is not xp:
+            cached = self._img_device = (self.img, xp, xp.asarray(self.img))
+        return cached[2]

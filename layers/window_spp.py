@@ -2,6 +2,7 @@
 the detector computes conv5 once per image and pools every proposal from it."""
 import numpy as np
 
+from minispp.backend import get_array_module, to_numpy
 from minispp.geometry import check_cell_windows, spp_output_length, window_to_feature_map
 from minispp.kernels.cpu.spp import spp_backward, spp_forward
 from minispp.layer import Layer
@@ -20,6 +21,9 @@ class WindowSPP(Layer):
     forward(x, windows, train): x (1, C, H, W); windows (R, 4) x1 y1 x2 y2, inclusive cells
     (or pixels, see above) -> y (R, C * sum n^2), each row laid out as the SPP layer's.
     backward(dy) -> dx (1, C, H, W): gradients of every window added into the one map.
+    GPU bodies: the windows are projected and checked on the host (R x 4 numbers), their bins
+    copied to the device, and all R windows pooled in ONE launch of the numba.cuda kernel of
+    minispp/kernels/gpu/spp.py (not a loop of launches).
     """
 
     prefix = "window_spp"
@@ -71,4 +75,28 @@ class WindowSPP(Layer):
         dx = np.empty((1, C, H * W), dy.dtype)
         spp_backward(np.ascontiguousarray(dy), self.saved.argmax, np.zeros(len(dy), np.int64),
                      p.levels, p.outofs, dx)
+        return dx.reshape(self.in_shape)
+
+    def _forward_gpu(self, x, windows, train=True):
+        from minispp.kernels.gpu.spp import spp_forward as forward
+        xp = get_array_module(x)
+        cells = self.cells(to_numpy(windows))
+        p = Pyramid(self.levels, cells, x.shape[1])
+        R = len(cells)
+        y = xp.empty((R, p.length), x.dtype)
+        argmax = xp.empty((R, p.length) if train else (1, 1), np.int32)
+        forward(xp.ascontiguousarray(x), xp.zeros(R, np.int64), *p.device_bins(xp), p.levels,
+                p.lofs, p.outofs, p.src, p.order, y, argmax, train)
+        self.out_shape = y.shape
+        self.save(pyramid=p, argmax=argmax if train else None)
+        return y
+
+    def _backward_gpu(self, dy, propagate_down=True):
+        from minispp.kernels.gpu.spp import spp_backward as backward
+        xp = get_array_module(dy)
+        _, C, H, W = self.in_shape
+        p = self.saved.pyramid
+        dx = xp.empty((1, C, H * W), dy.dtype)
+        backward(xp.ascontiguousarray(dy), self.saved.argmax, xp.zeros(len(dy), np.int64),
+                 p.levels, p.outofs, dx)
         return dx.reshape(self.in_shape)

@@ -279,16 +279,19 @@ class Layer:
             raise ValueError(f"{self._who()}: input has {shape[1]} channels, the layer was set "
                              f"up for {self.in_shape[1]}")
 
-    def scratch(self, key, shape, dtype):
-        """A buffer this layer owns and reuses across calls (saved state, GEMM scratch).
+    def scratch(self, key, shape, dtype, xp=np):
+        """A buffer this layer owns and reuses across calls (saved state, GEMM scratch), made
+        with the array module xp (numpy, or the GPU module for a GPU body).
 
         Only state that never leaves the layer lives here: outputs and input gradients are
         fresh arrays, since callers keep them. Reusing the rest saves the page faults of
         allocating hundreds of MB per step."""
         bufs = self.__dict__.setdefault("_scratch", {})
         buf = bufs.get(key)
-        if buf is None or buf.shape != tuple(shape) or buf.dtype != dtype:
-            buf = np.empty(shape, dtype)
+        if (buf is None or buf.shape != tuple(shape) or buf.dtype != dtype
+                or (xp is not np and not isinstance(buf, xp.ndarray))
+                or (xp is np and type(buf) is not np.ndarray)):
+            buf = xp.empty(shape, dtype)
             bufs[key] = buf
         return buf
 

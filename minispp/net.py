@@ -4,9 +4,19 @@ No graph and no autograd: forward walks the list, backward walks it in reverse, 
 using what its own forward kept. A Net is set up at one fixed input size (like
 cuda-convnet's fixed-size networks); nets of other sizes are other Net objects attached to
 the same Params store (see nets.Model).
+
+The device boundary: a net runs where its parameters are (``params.device``). Fed a host
+(NumPy) array while its parameters are on the GPU, it copies the input to the device, runs
+every layer's GPU body there, and hands back host arrays (the output; the input gradient);
+fed device arrays, it keeps everything on the device. So the pipelines, which read images
+and write results on the host, run on either device unchanged.
 """
 import math
 import time
+
+import numpy as np
+
+from minispp.backend import get_array_module, module_of, to_numpy
 
 
 class Net:
@@ -20,6 +30,7 @@ class Net:
         self.in_shape = None
         self.out_shape = None
         self.params = None
+        self._host_io = False       # the last forward came from the host onto the device
 
     def setup(self, in_shape, params, rng=None):
         """Set up every layer for ``in_shape`` in turn; return the net's output shape.
@@ -48,7 +59,7 @@ class Net:
         h = x
         for layer, h in self._walk(x, train, start, until):
             pass
-        return h
+        return self._out(h)
 
     def outputs(self, x, names, train=False, start=None):
         """{name: output} of the named layers for one forward of x, which stops at the
@@ -59,8 +70,8 @@ class Net:
             raise ValueError(f"net {self.name!r} has no layer {sorted(unknown)}; its layers are "
                              f"{[layer.name for layer in self.layers]}")
         last = max(self.index(n) for n in wanted)
-        return {layer.name: h for layer, h in self._walk(x, train, start, self.layers[last].name)
-                if layer.name in wanted}
+        return {layer.name: self._out(h) for layer, h in
+                self._walk(x, train, start, self.layers[last].name) if layer.name in wanted}
 
     def index(self, name):
         """Position of the layer called name."""
@@ -79,10 +90,20 @@ class Net:
         if first == 0 and tuple(x.shape[1:]) != self.in_shape[1:]:
             raise ValueError(f"net {self.name!r} is set up for input {self.in_shape}, got "
                              f"{tuple(x.shape)}; make an instance of that size")
-        h = x
+        h = self._in(x)
         for layer in self.layers[first:last + 1]:
             h = layer.forward(h, train=train)
             yield layer, h
+
+    def _in(self, x):
+        """x on the parameters' device (a copy of a host input for a GPU net)."""
+        device = self.params.device if self.params is not None else "cpu"
+        self._host_io = device != "cpu" and get_array_module(x) is np
+        return module_of(device).asarray(x) if self._host_io else x
+
+    def _out(self, h):
+        """h as the caller gave the input: on the host when it came from the host."""
+        return to_numpy(h) if self._host_io else h
 
     def loss(self, x, labels, train=True):
         """Forward through the layers and the loss layer; return the loss (a float).
@@ -90,7 +111,10 @@ class Net:
         A NaN or infinite loss raises FloatingPointError: nothing downstream is valid."""
         if self.loss_layer is None:
             raise ValueError(f"net {self.name!r} has no loss layer")
-        value = self.loss_layer.forward(self.forward(x, train=train), labels)
+        h = x
+        for layer, h in self._walk(x, train, None, None):      # the scores stay on the device
+            pass
+        value = self.loss_layer.forward(h, labels)
         if not math.isfinite(value):
             raise FloatingPointError(f"net {self.name!r}: loss is {value}")
         return value
@@ -106,9 +130,11 @@ class Net:
     def backward_from(self, dy, input_grad=False):
         """Backward from a gradient of the last layer's output (no loss layer)."""
         last = len(self.layers) - 1
+        if self._host_io and get_array_module(dy) is np and np.ndim(dy):
+            dy = module_of(self.params.device).asarray(dy)
         for i in range(last, -1, -1):
             dy = self.layers[i].backward(dy, propagate_down=input_grad or i > 0)
-        return dy
+        return self._out(dy) if dy is not None else None
 
     def param_names(self):
         return [n for layer in self.layers for n in layer.param_names]

@@ -7,11 +7,17 @@ parameters, as cuda-convnet's fixed-size networks were.
 
 Gradients *accumulate*: every backward adds into ``grad``; ``zero_grad()`` clears them (the
 solver does, once per step). That is what lets two instances contribute to one step.
+
+A store lives on one device (``params.device``, "cpu" or "gpu"): ``params.to("gpu")`` moves
+every value, gradient and solver buffer there in place of the old ones, so the layers that
+read ``params[name].value`` follow; parameters created later are created there.
 """
 from collections import OrderedDict
 from collections.abc import Mapping
 
 import numpy as np
+
+from .backend import check_device, to_device
 
 
 class Param:
@@ -28,6 +34,13 @@ class Param:
     @property
     def shape(self):
         return self.value.shape
+
+    def to(self, device):
+        """Move value, grad and solver state to device ("cpu" or "gpu")."""
+        self.value = to_device(self.value, device)
+        self.grad = to_device(self.grad, device)
+        self.state = {k: to_device(v, device) for k, v in self.state.items()}
+        return self
 
     def __repr__(self):
         return f"Param({self.name!r}, shape={self.value.shape}, dtype={self.value.dtype})"
@@ -47,6 +60,16 @@ class Params(Mapping):
             raise ValueError(f"Params dtype must be float32 or float64, got {self.dtype}")
         self._items = OrderedDict()
         self._counts = {}
+        self.device = "cpu"
+
+    def to(self, device):
+        """Move every parameter to device ("cpu" or "gpu"; GPUUnavailable, one line, where
+        CuPy or a GPU is missing); returns self."""
+        check_device(device)
+        for p in self._items.values():
+            p.to(device)
+        self.device = device
+        return self
 
     def get_or_create(self, name, shape, init, lr_mult=1.0, decay_mult=1.0):
         """The Param ``name``; created with ``init(shape) -> array`` if it does not exist.
@@ -66,6 +89,8 @@ class Params(Mapping):
             raise ValueError(f"initializer for {name!r} returned shape {value.shape}, "
                              f"expected {shape}")
         p = Param(name, value, lr_mult, decay_mult)
+        if self.device != "cpu":
+            p.to(self.device)
         self._items[name] = p
         return p
 

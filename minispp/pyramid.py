@@ -41,3 +41,11 @@ class Pyramid:
         self.src = np.array(derivation_sources(self.levels, sizes, form), dtype=np.int64)
         self.order = np.argsort(-self.levels, kind="stable").astype(np.int64)
         self.length = spp_output_length(self.levels, channels)
+        self._device = None
+
+    def device_bins(self, xp):
+        """The bins (ys, ye, xs, xe) as arrays of the GPU module xp, copied once (the GPU
+        kernels read them on the device; the small level arrays stay on the host)."""
+        if self._device is None or self._device[0] is not xp:
+            self._device = (xp, tuple(xp.asarray(b) for b in self.bins))
+        return self._device[1]

@@ -4,9 +4,12 @@ SGD with momentum 0.9 and weight decay 0.0005 (the values of the works the paper
 per-parameter multipliers from the network definition (biases: 2x rate, no decay). The rate
 starts at 0.01 and is divided by 10 when the validation error plateaus, at most twice.
 All state (momentum buffers in Params, the schedule's counters) goes into checkpoints.
+The update runs where the parameters are: the Numba kernel on the CPU, its numba.cuda twin
+(minispp/kernels/gpu/sgd.py) on the GPU.
 """
 import numpy as np
 
+from .backend import get_array_module
 from .kernels.cpu.sgd import sgd_momentum_update
 
 
@@ -24,13 +27,17 @@ class SGD:
     def step(self):
         """w <- w - (momentum v + lr lr_mult (grad + weight_decay decay_mult w))."""
         for p in self.params.values():
+            xp = get_array_module(p.value)
             v = p.state.get("momentum")
             if v is None:
-                v = p.state["momentum"] = np.zeros_like(p.value)
+                v = p.state["momentum"] = xp.zeros_like(p.value)
+            if xp is np:
+                update = sgd_momentum_update
+            else:
+                from .kernels.gpu.sgd import sgd_momentum_update as update
             dt = p.value.dtype.type
-            sgd_momentum_update(p.value.reshape(-1), p.grad.reshape(-1), v.reshape(-1),
-                                dt(self.lr * p.lr_mult), dt(self.momentum),
-                                dt(self.weight_decay * p.decay_mult))
+            update(p.value.reshape(-1), p.grad.reshape(-1), v.reshape(-1),
+                   dt(self.lr * p.lr_mult), dt(self.momentum), dt(self.weight_decay * p.decay_mult))
 
 
 class PlateauSchedule:

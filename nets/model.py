@@ -4,6 +4,10 @@ Like cuda-convnet's fixed-size networks, every input size gets its own Net (its 
 SPP bins and buffers), and all of them are the same parameters: ``model.instance(size=(224,
 224))`` and ``model.instance(size=(180, 180))`` read and write one Params store, which is how
 multi-size training (paper Sec. 2.3) shares everything between the 224 and 180 networks.
+
+A model lives on one device: ``build(..., device="gpu")`` or ``model.to("gpu")`` moves its
+Params store, and every instance, made before or after, then runs its GPU bodies when it is
+fed device arrays. Checkpoints are written from host copies and load on either device.
 """
 from collections import OrderedDict
 
@@ -12,6 +16,8 @@ import numpy as np
 import minispp
 from layers import Conv, MaxPool, ReLU, SoftmaxLoss
 from minispp import Net, Params
+from minispp import backend
+from minispp.backend import module_of, to_device, to_numpy
 from minispp.storage.checkpoint import read_checkpoint, read_weights, save_checkpoint, write_weights
 from minispp.geometry import receptive_field
 from minispp.layer import as_pair
@@ -83,6 +89,23 @@ class Model:
     @property
     def spp(self):
         return self.args.get("spp")
+
+    @property
+    def device(self):
+        """"cpu" or "gpu": where the parameters are."""
+        return self.params.device
+
+    @property
+    def xp(self):
+        """The array module of the model's device (numpy, or cupy on the GPU): inputs are
+        made with xp.asarray(batch)."""
+        return module_of(self.device)
+
+    def to(self, device):
+        """Move the parameters (values, gradients, solver state) to device, "cpu" or "gpu";
+        GPUUnavailable (one line) where CuPy or a GPU is missing. Returns the model."""
+        self.params.to(device)
+        return self
 
     def input_normalization(self, mean=None):
         """(mean, pixel_scale) this model's inputs are normalized with; mean: "image" or a
@@ -198,7 +221,8 @@ class Model:
                              f"{mine[0]}({mine[1]})")
         self._assign(ck.params, f"checkpoint {path}", strict=True)
         for p in self.params.values():
-            p.state = {k: np.array(v, dtype=p.value.dtype) for k, v in ck.state.get(p.name, {}).items()}
+            p.state = {k: to_device(np.array(v, dtype=p.value.dtype), self.device)
+                       for k, v in ck.state.get(p.name, {}).items()}
         self.meta, self.extras = ck.meta, ck.extras
         self.checksum = ck.checksum
         return ck.meta
@@ -217,7 +241,8 @@ class Model:
                 raise ValueError(f"{source}: {name} has shape {a.shape}, {self.definition} needs "
                                  f"{p.value.shape}")
         for name in sorted(names & set(arrays)):   # only after every shape was checked
-            self.params[name].value[...] = arrays[name]
+            value = self.params[name].value
+            value[...] = to_device(np.asarray(arrays[name], dtype=value.dtype), self.device)
         return missing, extra
 
     def import_weights(self, path, strict=True):
@@ -228,26 +253,30 @@ class Model:
 
     def export_weights(self, path):
         """Write every parameter to .npz or HDF5 (by extension), one array per name."""
-        write_weights(path, {p.name: p.value for p in self.params.values()})
+        write_weights(path, {p.name: to_numpy(p.value) for p in self.params.values()})
 
 
-def build(name, num_classes=1000, spp=(6, 3, 2, 1), form="appendix", rng=None, dtype=np.float32):
+def build(name, num_classes=1000, spp=(6, 3, 2, 1), form="appendix", rng=None, dtype=np.float32,
+          device=None):
     """A new model of a named definition: "zf5", "convnet5", "overfeat5", "overfeat7" or
     "small". spp: a pyramid such as (6, 3, 2, 1), or None for the no-SPP baseline (pool5 to
-    6x6). form: the SPP bin form ("appendix" or "fixed"). Weights from ``rng``."""
+    6x6). form: the SPP bin form ("appendix" or "fixed"). Weights from ``rng`` (drawn on the
+    host, so the same on either device). device: "cpu" or "gpu"; None: minispp.backend's
+    default (the command line's --device, else the CPU)."""
     spp = parse_spp(spp) if spp is not None else None
     args = {"num_classes": int(num_classes), "spp": spp, "form": form}
-    return Model(name, args, rng=rng, dtype=dtype)
+    return Model(name, args, rng=rng, dtype=dtype).to(device or backend.device())
 
 
-def load(path, rng=None, dtype=None):
-    """Rebuild the model a checkpoint was saved from and load it; model.meta holds its meta."""
+def load(path, rng=None, dtype=None, device=None):
+    """Rebuild the model a checkpoint was saved from and load it onto device ("cpu" or
+    "gpu"; None: minispp.backend's default, as in build); model.meta holds its meta."""
     ck = read_checkpoint(path)
     args = dict(ck.definition_args)
     if args.get("spp") is not None:
         args["spp"] = tuple(args["spp"])
     if dtype is None:
         dtype = next(iter(ck.params.values())).dtype
-    model = Model(ck.definition, args, rng=rng, dtype=dtype)
+    model = Model(ck.definition, args, rng=rng, dtype=dtype).to(device or backend.device())
     model.load_state(path, checkpoint=ck)        # read and verified once
     return model

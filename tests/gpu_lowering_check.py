@@ -27,7 +27,7 @@ def signatures(f):
     pass them (Python ints are int64, flags boolean, arrays C-contiguous)."""
     from numba import types
 
-    from minispp.kernels.gpu import im2col, lrn, maxpool, spp
+    from minispp.kernels.gpu import im2col, lrn, maxpool, sgd, spp
     i64, i32, b = types.int64, types.int32, types.boolean
 
     def A(dt, nd):
@@ -44,6 +44,7 @@ def signatures(f):
         (lrn._lrn_dx, (A(f, 3),) * 4 + (i64, i64, types.float64, f, A(f, 3))),
         (im2col._im2col, (A(f, 4),) + (i64,) * 8 + (A(f, 2),)),
         (im2col._col2im, (A(f, 2),) + (i64,) * 8 + (f, A(f, 4))),
+        (sgd._sgd_momentum, (A(f, 1),) * 3 + (f, f, f)),
     ]
 
 

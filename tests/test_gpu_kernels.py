@@ -23,20 +23,21 @@ CHECKS = os.path.join(TESTS, "gpu_sim_checks.py")
 TIMEOUT = 900       # seconds for one child run (about 40 s on two shared cores)
 
 
-def check_names():
-    """The test functions of gpu_sim_checks.py, read without importing it."""
-    with open(CHECKS, encoding="utf-8") as f:
+def check_names(checks=CHECKS):
+    """The test functions of a checks file (gpu_sim_checks.py), read without importing it."""
+    with open(checks, encoding="utf-8") as f:
         tree = ast.parse(f.read())
     return [node.name for node in tree.body
             if isinstance(node, ast.FunctionDef) and node.name.startswith("test_")]
 
 
-def run_checks(xml_path, *args, env=None):
-    """Run gpu_sim_checks.py under the simulator in a child process; returns (completed
-    process, {test id: (outcome, message)}) with outcome passed / failed / error / skipped."""
+def run_checks(xml_path, *args, env=None, checks=CHECKS):
+    """Run a checks file (gpu_sim_checks.py) under the simulator in a child process; returns
+    (completed process, {test id: (outcome, message)}) with outcome passed / failed / error /
+    skipped."""
     child_env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1", **(env or {}))
     child_env.pop("PYTEST_ADDOPTS", None)      # the parent's -k / -x must not thin the child
-    cmd = [sys.executable, "-m", "pytest", CHECKS, "-q", "-p", "no:cacheprovider",
+    cmd = [sys.executable, "-m", "pytest", checks, "-q", "-p", "no:cacheprovider",
            "-o", "addopts=", f"--junitxml={xml_path}", *args]
     proc = subprocess.run(cmd, check=False, cwd=ROOT, env=child_env, capture_output=True, text=True,
                           timeout=TIMEOUT)
@@ -113,4 +114,4 @@ def test_kernels_lower_for_the_cuda_target():
                           check=False, cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, tail(proc)
-    assert proc.stdout.count("ok ") == 22, tail(proc)
+    assert proc.stdout.count("ok ") == 24, tail(proc)

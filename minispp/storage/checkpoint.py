@@ -26,6 +26,8 @@ import warnings
 import h5py
 import numpy as np
 
+from minispp.backend import to_numpy
+
 FORMAT = "minispp-checkpoint-1"
 
 
@@ -113,8 +115,10 @@ def remove_stale_temporaries(folder, names):
 def save_checkpoint(path, params, definition, definition_args, meta=None, version="",
                     extras=None):
     """Write params (values and solver state), the definition, meta and extra arrays to
-    path, atomically."""
-    values = {p.name: p.value for p in params.values()}
+    path, atomically. Always host arrays: GPU parameters are copied to the host first, so a
+    checkpoint loads on either device."""
+    values = {p.name: to_numpy(p.value) for p in params.values()}
+    states = {p.name: {k: to_numpy(v) for k, v in p.state.items()} for p in params.values()}
 
     def write(f):
         attrs = {"format": FORMAT, "minispp_version": version, "definition": definition,
@@ -124,16 +128,16 @@ def save_checkpoint(path, params, definition, definition_args, meta=None, versio
         g = f.create_group("params")
         s = f.create_group("state")
         for p in params.values():
-            g.create_dataset(p.name, data=p.value)
-            sums[f"params/{p.name}"] = field_checksum(p.value)
-            if p.state:
+            g.create_dataset(p.name, data=values[p.name])
+            sums[f"params/{p.name}"] = field_checksum(values[p.name])
+            if states[p.name]:
                 sp = s.create_group(p.name)
-                for key, arr in p.state.items():
+                for key, arr in states[p.name].items():
                     sp.create_dataset(key, data=arr)
                     sums[f"state/{p.name}/{key}"] = field_checksum(arr)
         e = f.create_group("extras")
         for name, arr in (extras or {}).items():
-            arr = np.asarray(arr)
+            arr = to_numpy(arr)
             e.create_dataset(name, data=arr)
             sums[f"extras/{name}"] = field_checksum(arr)
         for name, value in attrs.items():

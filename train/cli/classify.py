@@ -6,7 +6,7 @@ import json
 import os
 
 
-from train.cli.common import at_least, ints, writable_file
+from train.cli.common import add_device_argument, at_least, ints, writable_file
 
 DEFAULT_FILTERS = 4          # train.classify.visualize.DEFAULT_COUNT (not imported: the CLI loads lazily)
 
@@ -76,6 +76,7 @@ def register(sub, fmt):
                         "--batch is the global batch, split over the ranks")
     t.add_argument("--check-every", type=int, default=50,
                    help="steps between the ranks' parameter checksums (no effect on results)")
+    add_device_argument(t)
     t.set_defaults(run=cmd_train)
 
     e = sub.add_parser("test", help="top-1/top-5 error of a checkpoint", epilog=EXAMPLES["test"],
@@ -92,6 +93,7 @@ def register(sub, fmt):
     e.add_argument("--workers", type=int, default=2, help="data loading threads (at least 1)")
     e.add_argument("--json", help="write the result here (its folder must exist; checked first)")
     e.add_argument("--quiet", action="store_true")
+    add_device_argument(e)
     e.set_defaults(run=cmd_test)
 
     c = sub.add_parser("compare", help="ZF-5 no-SPP vs SPP single vs SPP multi, every test view",

@@ -51,9 +51,21 @@ OUT_FOLDERS = ("train", "embedded", "compare", "features-compare", "proposals", 
                "detect")
 
 
+def add_device_argument(parser):
+    """--device cpu|gpu: where the command's nets run (its models are placed there; the
+    pipelines feed host batches and read host results either way)."""
+    parser.add_argument("--device", choices=("cpu", "gpu"),
+                        help="cpu (the default, or MINISPP_DEVICE's) or gpu: CuPy and a CUDA GPU, "
+                             "pip install -e '.[gpu]' (README, \"The GPU path\")")
+
+
 def check_outputs(a):
-    """Refuse an --out folder or a --json file that cannot be written, before the command runs
-    (train, embedded ... would otherwise fail after their work, or leave half a run behind)."""
+    """Refuse an --out folder or a --json file that cannot be written, or --device gpu where
+    CuPy or a GPU is missing, before the command runs (train, embedded ... would otherwise
+    fail after their work, or leave half a run behind); then place the models on --device."""
+    if getattr(a, "device", None) is not None:
+        from minispp import backend         # (imports CuPy where it is installed)
+        backend.use_device(a.device)        # GPUUnavailable: a ValueError of one line
     if a.command in OUT_FOLDERS:
         writable_dir(a.out, "--out")
     if getattr(a, "json", None):

@@ -6,7 +6,7 @@ import os
 import sys
 
 
-from train.cli.common import at_least, ints, writable_file
+from train.cli.common import add_device_argument, at_least, ints, writable_file
 
 EXAMPLES = {
     "detect-train": """examples:
@@ -66,6 +66,7 @@ def register(sub, fmt):
     dt.add_argument("--limit", type=int, help="only the first N training images")
     dt.add_argument("--seed", type=int, default=0)
     dt.add_argument("--quiet", action="store_true")
+    add_device_argument(dt)
     dt.set_defaults(run=cmd_detect_train)
 
     de = sub.add_parser("detect-test", help="VOC07 detection mAP of a trained detector",
@@ -86,6 +87,7 @@ def register(sub, fmt):
                     help="compute each test image's conv5 maps and write none (the same "
                          "scores as the cached maps; no disk for the test split)")
     de.add_argument("--quiet", action="store_true")
+    add_device_argument(de)
     de.set_defaults(run=cmd_detect_test)
 
     dd = sub.add_parser("detect", help="detect objects in images and draw them (PNG)",
@@ -104,6 +106,7 @@ def register(sub, fmt):
                     help="also draw the image's TOP best detections whatever their score (0: none; "
                          "not negative)")
     dd.add_argument("--scales", help="default: the training scales")
+    add_device_argument(dd)
     dd.set_defaults(run=cmd_detect)
 
     dm = sub.add_parser("detect-time", help="SPP-net vs the R-CNN way, seconds per image (Table 10)",
@@ -114,6 +117,7 @@ def register(sub, fmt):
     dm.add_argument("--split", default="test")
     dm.add_argument("--images", type=int, default=3, help="images timed (at least 1)")
     dm.add_argument("--out", help="write the Markdown table here (default: MODEL/timing.md)")
+    add_device_argument(dm)
     dm.set_defaults(run=cmd_detect_time)
 
 def cmd_proposals(a):

@@ -6,7 +6,7 @@ import json
 import sys
 
 
-from train.cli.common import ints
+from train.cli.common import add_device_argument, ints
 
 EXAMPLES = {
     "features": """examples:
@@ -53,6 +53,7 @@ def register(sub, fmt):
     f.add_argument("--quiet", action="store_true")
     f.add_argument("--distributed", action="store_true",
                    help="split the cache's shards over MPI ranks (default: on when started by mpiexec)")
+    add_device_argument(f)
     f.set_defaults(run=cmd_features)
 
     v = sub.add_parser("svm", help="linear SVMs on feature caches: VOC mAP or accuracy",

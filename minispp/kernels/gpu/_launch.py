@@ -72,10 +72,28 @@ def launch(kernel, total, *args):
     if total <= 0:
         return
     if simulated():
-        kernel[blocks_for(total, SIM_THREADS), SIM_THREADS](*args)
+        kernel[blocks_for(total, SIM_THREADS), SIM_THREADS](*_simulator_args(args))
         return
     stream = current_stream(args)
     kernel[blocks_for(total, THREADS), THREADS, stream](*(device_view(a) for a in args))
+
+
+def _simulator_args(args):
+    """Under the simulator: the simulated device's arrays (minispp.backend) as plain NumPy
+    views, and a host array among them refused, as a GPU body must pass device arrays only
+    (on a device, Numba would copy a host array both ways at every launch)."""
+    import numpy as np
+
+    from minispp.backend import SimulatedDeviceArray
+    if not any(isinstance(a, SimulatedDeviceArray) for a in args):
+        return args                     # the kernel checks' own NumPy arrays
+    out = []
+    for a in args:
+        if type(a) is np.ndarray and a.ndim > 0:
+            raise TypeError(f"a host (NumPy) array of shape {a.shape} passed to a GPU kernel "
+                            f"with device arrays; copy it to the device first")
+        out.append(a.view(np.ndarray) if isinstance(a, SimulatedDeviceArray) else a)
+    return out
 
 
 def host_ints(a):

@@ -67,16 +67,15 @@ def pyramid_table(levels, lofs, outofs, src):
 
 
 def _cached(tag, make, *arrays):
-    """make(*host arrays) -> tuple of host arrays, cached per value of the small inputs (and
-    per device outside the simulator, where the result is copied to the device once)."""
+    """make(*host arrays) -> tuple of device arrays (copied once), cached per value of the
+    small inputs (and per device outside the simulator)."""
     key = (tag,) + tuple(tuple(host_ints(a).tolist()) for a in arrays)
     if not simulated():
         key += (cuda.get_current_device().id,)
     hit = _tables.get(key)
     if hit is None:
         hit = make(*(host_ints(a) for a in arrays))
-        if not simulated():
-            hit = tuple(cuda.to_device(a) for a in hit)
+        hit = tuple(cuda.to_device(a) for a in hit)
         if len(_tables) >= 256:
             _tables.clear()             # a few pyramids per net; never grow without bound
         _tables[key] = hit
