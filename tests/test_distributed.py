@@ -319,3 +319,42 @@ def test_sharded_features_equal_the_single_process_cache_and_resume_after_a_kill
     assert "rank 0 computed 14" not in r.stdout                  # the kept shards were reused
     for k, p in (("spp", a), ("fc6", b)):
         np.testing.assert_array_equal(read_cache(p).features, read_cache(ref[k]).features)
+
+
+def h5_arrays(path):
+    import h5py
+    got = {}
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda n, o: got.__setitem__(n, o[...]) if isinstance(o, h5py.Dataset) else None)
+    return got
+
+
+@needs_mpi
+def test_sharded_proposals_and_detector_caches_equal_one_process(tmp_path):
+    voc = make_voc(tmp_path / "voc", seed=1, trainval=4, test=1)
+    ckpt = save_small(tmp_path / "small.h5")
+    two, one = tmp_path / "two", tmp_path / "one"
+    r = run_ranks(2, ["proposals", "--voc", str(voc), "--split", "trainval", "--top", "100",
+                      "--out", str(two)])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("recall of") == 1                       # rank 0 alone reports
+    args = ["detect-train", "--voc", str(voc), "--checkpoint", ckpt, "--scales", "96",
+            "--svm-scales", "96", "--proposals", "100", "--ft-iters", "5", "--quiet"]
+    r = run_ranks(2, args + ["--out", str(two)])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("detector written to") == 1
+    from train.cli import main
+    assert main(args + ["--out", str(one)]) == 0
+    for folder in ("proposals", "conv5-96"):
+        names = sorted(os.listdir(one / folder))
+        assert sorted(os.listdir(two / folder)) == names and len(names) >= 4
+        for name in names:
+            if name.endswith(".h5"):
+                a, b = h5_arrays(one / folder / name), h5_arrays(two / folder / name)
+                assert a.keys() == b.keys()
+                for k in a:
+                    np.testing.assert_array_equal(a[k], b[k], err_msg=f"{folder}/{name}:{k}")
+    a, b = h5_arrays(one / "detector.h5"), h5_arrays(two / "detector.h5")
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)

@@ -124,6 +124,8 @@ def cmd_proposals(a):
     from train.detection.windows import split_proposals
     r = split_proposals(a.voc, a.split, a.out, top=a.top, seed=a.seed, limit=a.limit, jobs=a.jobs,
                         precomputed=a.file)
+    if r is None:                 # another MPI rank than 0: its share is cached, rank 0 reports
+        return 0
     print(f"{r['images']} images, {r['boxes_per_image']:.0f} boxes per image on average; "
           f"recall of {r['objects']} non-difficult objects: IoU 0.5: {r['recall'][0.5]:.1%}, "
           f"IoU 0.7: {r['recall'][0.7]:.1%}")
@@ -134,13 +136,15 @@ def cmd_detect_train(a):
     at_least(a.svm_cache_windows, 1, "--svm-cache-windows")
     at_least(a.bbox_stats_mb, 1, "--bbox-stats-mb")
     from train.detection.detector import train_detector
-    train_detector(a.voc, a.checkpoint, a.out, split=a.split, limit=a.limit, progress=not a.quiet,
+    det = train_detector(a.voc, a.checkpoint, a.out, split=a.split, limit=a.limit, progress=not a.quiet,
                    precomputed=a.proposals_file, scales=tuple(ints(a.scales, "--scales")),
                    svm_scales=tuple(tuple(ints(v, "--svm-scales")) for v in a.svm_scales.split(";") if v.strip()),
                    proposals=a.proposals, ft_iters=a.ft_iters, ft_lr=a.ft_lr,
                    ft_drop_at=a.ft_drop_at, ft_batch=a.ft_batch, svm_feature=a.svm_feature,
                    svm_C=a.svm_C, hard_rounds=a.hard_rounds, seed=a.seed,
                    svm_cache_windows=a.svm_cache_windows, bbox_stats_mb=a.bbox_stats_mb)
+    if det is None:               # another MPI rank than 0: its share of the caches is done
+        return 0
     print(f"detector written to {os.path.join(a.out, 'detector.h5')}")
     return 0
 

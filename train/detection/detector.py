@@ -31,7 +31,7 @@ from tqdm import tqdm
 import nets
 from layers import FC, ReLU, SoftmaxLoss
 from layers.softmax_loss import softmax
-from minispp import Net, Params
+from minispp import Net, Params, distributed
 from minispp.data.voc import VOCDataset
 from minispp.geometry import spp_output_length
 from nets.specs import Spec
@@ -259,6 +259,8 @@ def train_detector(voc, checkpoint, out, split="trainval", limit=None, progress=
         print(msg)
     t0 = time.perf_counter()
     images, conv = prepare_images(ds, out, det, progress, limit, precomputed)
+    if not distributed.world().is_root:      # under MPI the ranks shared the caches; rank 0 trains
+        return None
     times = {"proposals_and_conv5": time.perf_counter() - t0}
     peak_mb = {"proposals_and_conv5": peak_rss_mb()}      # the peak so far, after each stage
     if det.config["svm_C"] is None:
