@@ -33,6 +33,7 @@ BATCH ?= 16
 MODE ?= multi
 SPP ?= 6,3,2,1
 LR ?= 0.01
+DEVICE ?= cpu
 # RANKS=2: data-parallel over 2 MPI ranks (the mpi extra's mpiexec), --batch is the global batch;
 # a new run then records --blas-threads = cores / RANKS (BLAS_THREADS=... to choose)
 RANKS ?= 1
@@ -52,7 +53,7 @@ DET_LIMIT ?= 100
 FT_ITERS ?= 600
 
 .PHONY: help install venv test gradcheck train-zf5 test-zf5 compare-zf5 ablation-zf5 embedded embedded-voc features-demo features-compare detect-demo bench bench-conv bench-lrn bench-pool bench-spp \
-        bench-window-spp bench-zf5 bench-features summary-zf5 geometry clean test-gpu-sim
+        bench-window-spp bench-zf5 bench-features summary-zf5 geometry clean test-gpu-sim test-gpu bench-gpu
 
 help:  ## list every target
 	@echo "minispp targets (variables: PYTHON=$(PYTHON), BENCH_REPEAT=$(BENCH_REPEAT)):"
@@ -86,13 +87,13 @@ train-zf5: $(STAMP)  ## train ZF-5 + SPP(6,3,2,1), multi-size, on $(DATA) (defau
 	@if [ "$(DATA)" = "$(EMBEDDED)" ]; then $(PYTHON) -m train embedded --out $(EMBEDDED); fi
 	$(if $(filter-out 1,$(RANKS)),$(MPIEXEC) -n $(RANKS) )$(PYTHON) -m train train \
 	  --data $(DATA) --net zf5 --spp $(SPP) --mode $(MODE) \
-	  --epochs $(EPOCHS) --batch $(BATCH) --lr $(LR) --out $(OUT) \
+	  --epochs $(EPOCHS) --batch $(BATCH) --lr $(LR) --out $(OUT) --device $(DEVICE) \
 	  $$( [ -f $(OUT)/checkpoint.h5 ] && echo --resume || echo "$(if $(BLAS_THREADS),--blas-threads $(BLAS_THREADS))" )
 
 test-zf5: $(STAMP)  ## evaluate $(OUT)/best.h5 on $(DATA)/val: center, 10-view, full image, 10 views and 98 views on conv5
 	for v in center 10view full 10view-fm multiview; do \
 	  $(PYTHON) -m train test --checkpoint $(OUT)/best.h5 --data $(DATA) --split val --view $$v \
-	    --json $(OUT)/test-$$v.json || exit 1; done
+	    --device $(DEVICE) --json $(OUT)/test-$$v.json || exit 1; done
 
 SEEDS ?= 0,1
 compare-zf5: $(STAMP)  ## no-SPP vs SPP single vs SPP multi x center/10-view/full, SEEDS seeds -> runs/compare/results.md
@@ -142,8 +143,14 @@ test: $(STAMP)  ## the whole test suite, gradient checks included (CPU, a few mi
 gradcheck: $(STAMP)  ## only the float64 central-difference gradient checks, with the error table
 	$(PYTEST) -q -m gradcheck
 
-test-gpu-sim: $(STAMP)  ## the numba.cuda kernels against the CPU kernels under Numba's CUDA simulator (no GPU needed)
-	NUMBA_ENABLE_CUDASIM=1 $(PYTEST) -q tests/gpu_sim_checks.py
+test-gpu-sim: $(STAMP)  ## the numba.cuda kernels and the layers' GPU bodies against the CPU under Numba's CUDA simulator (no GPU needed; make test runs them too)
+	NUMBA_ENABLE_CUDASIM=1 $(PYTEST) -q -p no:cacheprovider tests/gpu_sim_checks.py tests/gpu_sim_bodies.py
+
+test-gpu: $(STAMP)  ## on a GPU machine (make install EXTRAS=test,plots,gpu): every layer on CuPy vs its CPU body, float64 gradient checks on the GPU, cuDNN vs im2col, ZF-5 SGD steps GPU vs CPU
+	$(PYTEST) -q -rs tests/test_gpu.py
+
+bench-gpu: $(STAMP)  ## on a GPU machine: ZF-5 SPP training step (batch 128, 224 and 180), each layer, WindowSPP vs roi_pool, conv1-5 at 688, vs PyTorch CUDA (TF32 off)
+	$(PYTHON) benchmarks/bench_gpu.py --repeat $(BENCH_REPEAT)
 
 bench: bench-conv bench-lrn bench-pool bench-spp bench-window-spp bench-zf5 bench-features  ## every benchmark vs PyTorch CPU
 

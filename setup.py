@@ -21,7 +21,12 @@ setup(
     ],
     entry_points={"console_scripts": ["minispp = train.cli:main"]},
     extras_require={
-        "gpu": ["cupy-cuda13x==14.2.0"],          # the CUDA 13 machines the GPU path targets
+        # the CUDA 13 machines the GPU path targets (README, "The GPU path"): CuPy for the
+        # arrays and cuBLAS, numba-cuda for the kernels of minispp/kernels/gpu, cuDNN and its
+        # Frontend for the convolutions (1.20: its wheel needs no other package; 1.32 pulls in
+        # the CUTLASS DSL)
+        "gpu": ["cupy-cuda13x==14.2.0", "numba-cuda[cu13]==0.30.4", "nvidia-cudnn-cu13==9.28.1.4",
+                "nvidia-cudnn-frontend==1.20.0"],
         "test": ["pytest>=7"],
         "plots": ["matplotlib>=3.6"],
         "mpi": ["mpi4py>=4.0", "mpich>=4.2"],      # mpiexec -n R (README, "Beyond one machine")

@@ -155,14 +155,14 @@ class Conv(Layer):
         if built:
             y = cudnn_conv.execute(built, x, W, xp.empty(self.out_shape, x.dtype))
             y += b.reshape(1, F, 1, 1)
-            self.save(x=x if train else None)
+            self.save(x=x)                      # a reference: x is the caller's array
             return y
         N, _, Ho, Wo = self.out_shape
         col = self._im2col_gpu(x, xp)
         y2 = W.reshape(F, -1) @ col                                 # (F, N Ho Wo), cuBLAS
         y = xp.empty((N, F, Ho * Wo), x.dtype)
         xp.add(y2.reshape(F, N, Ho * Wo).transpose(1, 0, 2), b.reshape(F, 1), out=y)
-        self.save(col=col if train else None)
+        self.save(col=col)
         return y.reshape(self.out_shape)
 
     def _backward_gpu(self, dy, propagate_down=True):

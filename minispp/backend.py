@@ -30,7 +30,8 @@ try:  # CuPy is optional: `pip install -e .[gpu]`
         _GPU_PROBLEM = None if _GPU else "CuPy sees no CUDA GPU on this machine"
     except Exception as err:  # no driver, no device
         _GPU = False
-        _GPU_PROBLEM = f"CuPy finds no usable GPU ({type(err).__name__}: {' '.join(str(err).split())})"
+        _GPU_PROBLEM = (f"CuPy finds no usable GPU ({type(err).__name__}: "
+                        f"{' '.join(str(err).split())})")
 except ImportError:
     _cupy = None
     _GPU = False

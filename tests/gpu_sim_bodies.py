@@ -72,8 +72,12 @@ def _dropout_fresh_mask(self, x, train=True):
     return x * xp.asarray(self.mask.astype(x.dtype))
 
 
+_CONV_FORWARD_GPU = Conv._forward_gpu
+
+
 def _conv_forward_no_bias(self, x, train=True):
-    y = Conv._real_forward_gpu(self, x, train)
+    """Forgets the bias."""
+    y = _CONV_FORWARD_GPU(self, x, train)
     return y - self.value_as("b", x.dtype).reshape(1, -1, 1, 1)
 
 
@@ -82,7 +86,6 @@ BODY_BREAKS = {
     "dropout_forward": (Dropout, "_forward_gpu", _dropout_fresh_mask),
     "conv_forward": (Conv, "_forward_gpu", _conv_forward_no_bias),
 }
-Conv._real_forward_gpu = Conv._forward_gpu
 
 
 def broken_kernel(name):
@@ -227,6 +230,50 @@ def test_a_gpu_net_fed_host_arrays_answers_on_the_host():
         got[device] = (scores, feats, dx)
     for name, g, c in zip(("scores", "relu2", "dx"), got["gpu"], got["cpu"]):
         assert np.allclose(g, c, rtol=1e-11, atol=1e-13), name
+
+
+def test_device_batches_put_the_images_on_the_device():
+    """The loader's batches on the GPU device: x copied there, labels and indices left on the
+    host, every batch in order (the pinned, overlapped copy itself needs CuPy streams: it is
+    checked by tests/test_gpu.py on a GPU)."""
+    from minispp.data.device_feed import device_batches
+    batches = [(b, np.full((2, 3, 4, 4), b, np.float32), np.array([b, 1]), [10 + b, 20 + b])
+               for b in range(3)]
+    got = list(device_batches(iter(batches), "gpu"))
+    assert [g[0] for g in got] == [0, 1, 2]
+    for (b, x, labels, ids), want in zip(got, batches):
+        assert get_array_module(x) is SIMULATED and np.array_equal(to_numpy(x), want[1])
+        assert labels is want[2] and ids is want[3]
+
+
+def test_detector_head_on_the_gpu(tmp_path):
+    """A detector of a GPU model keeps its fc head on the GPU: initialised from the model's
+    fc6/fc7, its fc7 features and softmax scores of host windows equal the CPU detector's;
+    saved and loaded back onto the GPU (use_device, as --device gpu does), the same."""
+    from tests.helpers import save_small
+    from train.detection.detector import Detector, load_detector
+    ckpt = save_small(tmp_path / "small.h5")
+    pooled = np.random.default_rng(4).standard_normal((5, 70)).astype(np.float32)
+    out = {}
+    for device in ("cpu", "gpu"):
+        det = Detector(nets.load(ckpt, device=device), ["a", "b"],
+                       {"scales": (64,), "svm_scales": ((64,),), "seed": 0})
+        det.init_head_from_model()
+        assert det.head_params.device == device
+        out[device] = (det.fc7(pooled, batch=4), det.softmax_scores(pooled, batch=4))
+    det.svm_w, det.svm_b = np.ones((2, det.feature_dim), np.float32), np.zeros(2, np.float32)
+    det.keep_scorer((64,))
+    det.save(str(tmp_path / "detector.h5"))
+    old = backend._CHOSEN
+    try:
+        backend.use_device("gpu")
+        again = load_detector(str(tmp_path))
+    finally:
+        backend._CHOSEN = old
+    assert again.model.device == "gpu" and again.head_params.device == "gpu"
+    for got in (out["gpu"], (again.fc7(pooled, batch=4), again.softmax_scores(pooled, batch=4))):
+        for g, c in zip(got, out["cpu"]):
+            assert type(g) is np.ndarray and np.allclose(g, c, rtol=2e-5, atol=2e-6)
 
 
 def test_checkpoints_from_the_gpu_load_on_either_device(tmp_path):

@@ -54,3 +54,13 @@ def test_device_choice_places_new_models():
             backend.use_device("tpu")
     finally:
         backend._CHOSEN = old
+
+
+def test_device_batches_on_the_cpu_are_the_loaders_own():
+    from minispp.data.device_feed import device_batches
+    batches = [(0, np.ones((2, 3)), np.array([1, 0]), [5, 6]),
+               (1, np.zeros((1, 3)), np.array([2]), [7])]
+    got = list(device_batches(iter(batches), "cpu"))
+    assert len(got) == 2 and all(g is b for g, b in zip(got, batches))
+    with pytest.raises(ValueError, match="'tpu'"):
+        list(device_batches(iter(batches), "tpu"))

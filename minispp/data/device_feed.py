@@ -1,6 +1,6 @@
 """Host batches onto the device with the copy overlapping the compute (README, "The GPU path").
 
-``device_batches(batches, device)`` wraps a loader's ``(b, x, labels)`` batches. On the CPU
+``device_batches(batches, device)`` wraps a loader's ``(b, x, ...)`` batches. On the CPU
 it yields them as they are. On the GPU each batch's images go, one batch ahead, through
 page-locked (pinned) host memory to the device on a copy stream of their own: while the net
 computes on batch b on CuPy's current stream, batch b + 1 is already crossing the bus.
@@ -10,8 +10,8 @@ The ordering, in CUDA stream terms:
   * a batch's device buffer is allocated on the compute stream (CuPy's pool reuses memory in
     that stream's order), so its copy first waits for the compute queued at allocation time;
   * two pinned buffers alternate, and one is refilled only after its last copy finished.
-Labels stay on the host (the loss checks them there). On the simulated device (the CPU-only
-tests) the copy is a plain one: there are no streams to overlap.
+What follows x (labels, image indices) stays on the host (the loss checks the labels there).
+On the simulated device (the CPU-only tests) the copy is a plain one: no streams to overlap.
 """
 import numpy as np
 
@@ -19,14 +19,14 @@ from minispp.backend import check_device, gpu_module
 
 
 def device_batches(batches, device):
-    """(b, x, labels) of `batches` with x on `device` ("cpu": unchanged)."""
+    """The (b, x, ...) tuples of `batches` with x on `device` ("cpu": unchanged)."""
     if check_device(device) == "cpu":
         yield from batches
         return
     xp = gpu_module()
     if not hasattr(xp, "cuda"):             # the simulated device
-        for b, x, labels in batches:
-            yield b, xp.asarray(x), labels
+        for b, x, *rest in batches:
+            yield (b, xp.asarray(x), *rest)
         return
     yield from PinnedFeed(xp).run(batches)
 
@@ -66,8 +66,8 @@ class PinnedFeed:
 
     def run(self, batches):
         pending = None
-        for b, x, labels in batches:
-            started = (b, *self.send(x), labels)           # b + 1's copy, before b is used
+        for b, x, *rest in batches:
+            started = (b, *self.send(x), rest)             # b + 1's copy, before b is used
             if pending is not None:
                 yield self._ready(pending)
             pending = started
@@ -75,6 +75,6 @@ class PinnedFeed:
             yield self._ready(pending)
 
     def _ready(self, item):
-        b, dev, copied, labels = item
+        b, dev, copied, rest = item
         self.cupy.cuda.get_current_stream().wait_event(copied)
-        return b, dev, labels
+        return (b, dev, *rest)

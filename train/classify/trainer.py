@@ -49,6 +49,8 @@ from nets.model import input_normalization
 from minispp.storage.checkpoint import remove_stale_temporaries
 from minispp.data.imagefolder import BadImage, ImageFolder
 from minispp.layer import finite_checks
+from minispp.backend import to_numpy
+from minispp.data.device_feed import device_batches
 from minispp.data.loader import BatchLoader
 from minispp.solver import SGD, PlateauSchedule
 from minispp.data.transforms import crop, resize_min_side, rgb_pca
@@ -412,7 +414,7 @@ class Trainer:
                    desc=f"epoch {e + 1}/{cfg['epochs']} {size}px", disable=not self.progress)
         p = self.partial
         t_start = time.perf_counter()
-        for b, x, labels, ids in loader:
+        for b, x, labels, ids in device_batches(loader, self.model.device):  # GPU: pinned, ahead
             self.model.params.zero_grad()
             if comm.size == 1:
                 loss, err1, n, finite = self._local_step(net, e, x, labels, ids, 1.0)
@@ -451,7 +453,7 @@ class Trainer:
             return 0.0, 0, 0, False
         with finite_checks(False):
             net.backward(dloss)
-        err1, _ = topk_errors(net.loss_layer.probs, labels)
+        err1, _ = topk_errors(to_numpy(net.loss_layer.probs), labels)
         return loss * len(labels), err1, len(labels), True
 
     def _not_finite(self, e, b):

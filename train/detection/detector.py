@@ -32,6 +32,7 @@ import nets
 from layers import FC, ReLU, SoftmaxLoss
 from layers.softmax_loss import softmax
 from minispp import Net, Params, distributed
+from minispp.backend import to_device
 from minispp.data.voc import VOCDataset
 from minispp.geometry import spp_output_length
 from nets.specs import Spec
@@ -110,6 +111,7 @@ class Detector:
         self.head_params = Params(np.float32)
         self._heads = {}
         self.head(1)                                           # creates fc6, fc7, fc8
+        self.head_params.to(model.device)                      # the fc head where the trunk is
         self.feature_dim = self.head_params[f"{self.hidden[-1]}.W"].value.shape[0]
         self.svm_w = self.svm_b = self.svm_calib = self.bbox_w = self.bbox_b = None
         self.svm_scale = self.bbox_scale = 1.0
@@ -231,7 +233,7 @@ def load_detector(path):
         if stored is None or stored.shape != p.value.shape:
             raise ValueError(f"detector {path}: head parameter {name} is "
                              f"{'missing' if stored is None else stored.shape}, expected {p.value.shape}")
-        p.value[...] = stored
+        p.value[...] = to_device(stored, det.head_params.device)
     for key, scales in meta["scorers"].items():
         det.scorers[key] = {name: arrays.get(f"scorer:{key}:{name}") for name in SCORER_PARTS}
         det.scorers[key].update(scales)

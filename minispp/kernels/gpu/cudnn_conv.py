@@ -1,6 +1,9 @@
 """Convolution through the cuDNN Frontend's Python graph API (PyPI ``nvidia-cudnn-frontend``,
 imported as ``cudnn``, over the ``nvidia-cudnn-cu13`` library): the Conv layer's GPU body
 where it is installed, for float32. CuPy 14 dropped its own cuDNN module, hence this.
+Written against Frontend 1.20 (the version setup.py's gpu extra pins: its calls and keyword
+names were read from that wheel; building a graph needs libcudnn and a GPU, so nothing here
+has run yet).
 
 One graph per (operation, shapes, stride, pad, device): ``conv_fprop`` (y from x, W),
 ``conv_dgrad`` (dx from dy, W) or ``conv_wgrad`` (dW from x, dy), NCHW and contiguous. A graph
@@ -55,7 +58,8 @@ def _build(op, x_shape, w_shape, y_shape, stride, pad, handle):
     f32 = cudnn.data_type.FLOAT
     g = cudnn.pygraph(io_data_type=f32, intermediate_data_type=f32, compute_data_type=f32,
                       handle=handle)
-    geometry = dict(padding=list(pad), stride=list(stride), dilation=[1, 1])
+    geometry = dict(pre_padding=list(pad), post_padding=list(pad), stride=list(stride),
+                    dilation=[1, 1])
     if op == "fprop":
         a, b = _tensor(g, "x", x_shape), _tensor(g, "w", w_shape)
         out, out_shape = g.conv_fprop(image=a, weight=b, compute_data_type=f32, **geometry), y_shape
