@@ -183,14 +183,18 @@ def world():
     return _WORLD
 
 
-def init(distributed=None, device="cpu"):
+def init(distributed=None, device=None):
     """Decide this process's communicator, once, and return it.
 
     distributed: True (--distributed), False, or None: MPI when launched by an MPI launcher.
-    device: "gpu" gives NCCLComm when there are several ranks (CuPy arrays), else MPI.
+    device: "gpu" gives NCCLComm when there are several ranks (CuPy arrays), else MPI;
+    None: minispp.backend.device().
     Under MPI with several ranks an uncaught exception on any rank aborts the job, and the
     Numba kernels of the ranks on one machine share its cores."""
     global _WORLD
+    if device is None:                  # not given: where new arrays go (MINISPP_DEVICE)
+        from minispp.backend import device as current_device
+        device = current_device()
     if distributed is None:
         distributed = launched_by_mpi()
     if not distributed:
@@ -203,19 +207,33 @@ def init(distributed=None, device="cpu"):
         comm = NCCLComm()
     _WORLD = comm
     if comm.size > 1:
-        _install_excepthook(comm)
+        abort_on_uncaught()
         _share_cores(comm.local_size)
     return comm
 
 
-def _install_excepthook(comm):
+def abort_on_uncaught():
+    """Under an MPI launch, make an uncaught exception end the whole job with MPI_Abort:
+    the other ranks would otherwise wait for ever, in MPI_Init or in a collective, for a
+    rank that is gone (Hydra ends the job when a rank is killed by a signal, not when one
+    exits with an error). The command line installs it before its own imports, so that a
+    rank failing while it imports is covered too; installing it again is a no-op."""
+    if not launched_by_mpi() or getattr(sys.excepthook, "minispp_abort", False):
+        return
     previous = sys.excepthook
 
-    def abort_on_error(kind, value, tb):
+    def abort_job(kind, value, tb):
         previous(kind, value, tb)
-        print(f"rank {comm.rank}: uncaught {kind.__name__}; aborting every rank", file=sys.stderr)
-        comm.fail(1)
-    sys.excepthook = abort_on_error
+        rank = os.environ.get("PMI_RANK", os.environ.get("OMPI_COMM_WORLD_RANK", "?"))
+        print(f"rank {rank}: uncaught {kind.__name__}; aborting every rank", file=sys.stderr)
+        sys.stderr.flush()
+        try:
+            from mpi4py import MPI
+            MPI.COMM_WORLD.Abort(1)
+        except Exception:           # no mpi4py: nothing else to end
+            pass
+    abort_job.minispp_abort = True
+    sys.excepthook = abort_job
 
 
 def _share_cores(local_size):

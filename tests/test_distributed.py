@@ -43,7 +43,8 @@ def mpiexec():
 
 def clean_env(**extra):
     env = {k: v for k, v in os.environ.items() if k not in distributed.LAUNCH_VARIABLES}
-    env.update(PYTHONPATH=ROOT, PYTHONUNBUFFERED="1", **extra)
+    # MPICH's Hydra ends a job that outlives MPIEXEC_TIMEOUT: a hang fails a test, never the suite
+    env.update(PYTHONPATH=ROOT, PYTHONUNBUFFERED="1", MPIEXEC_TIMEOUT="240", **extra)
     return env
 
 
@@ -258,6 +259,27 @@ def test_a_killed_rank_ends_the_others_with_an_error(data, tmp_path):
     assert rc != 0
     assert rank_pid(mark, 0) is None                 # rank 0 is gone too
     proc.stdout.close()
+
+
+RANK_FAILS = """
+import sys
+from minispp import distributed
+comm = distributed.init(True)
+if comm.rank == int(sys.argv[1]):
+    raise RuntimeError("this rank fails")
+comm.barrier()                 # the other rank would wait here for ever
+print("passed the barrier", flush=True)
+"""
+
+
+@needs_mpi
+@pytest.mark.parametrize("rank", [0, 1])
+def test_an_error_on_one_rank_aborts_the_job(rank):
+    t0 = time.monotonic()
+    r = run_ranks(2, ["-c", RANK_FAILS, str(rank)], timeout=60, module=False)
+    assert time.monotonic() - t0 < 60
+    assert r.returncode != 0 and "passed the barrier" not in r.stdout
+    assert f"rank {rank}: uncaught RuntimeError; aborting every rank" in r.stderr, r.stderr[-2000:]
 
 
 SHARDED_EXTRACT = """

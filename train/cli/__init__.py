@@ -25,6 +25,10 @@ import os
 
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
+from minispp.distributed import abort_on_uncaught  # noqa: E402
+
+abort_on_uncaught()     # under mpiexec: a rank that fails, even while importing, ends the job
+
 import argparse  # noqa: E402
 import sys  # noqa: E402
 
@@ -59,7 +63,7 @@ def main(argv=None):
     from train.classify.trainer import TrainingStopped
     try:
         comm = distributed.init(getattr(a, "distributed", False) or None,
-                                getattr(a, "device", "cpu"))
+                                getattr(a, "device", None))
     except ValueError as err:
         print(f"error: {error_line(err)}", file=sys.stderr)
         return 2
