@@ -17,7 +17,12 @@ DTYPES = (np.float32, np.float64)
 
 
 def tol(dtype):
-    return dict(rtol=2e-5, atol=2e-6) if dtype == np.float32 else dict(rtol=1e-11, atol=1e-13)
+    """float32: to rounding (2e-5) on the simulated device, which runs the kernels' own
+    arithmetic; 1e-4 on a real GPU, where cuDNN may pick Winograd or FFT engines for float32
+    and NVVM fuses multiply-adds. float64: 1e-11 on both."""
+    if dtype != np.float32:
+        return dict(rtol=1e-11, atol=1e-13)
+    return dict(rtol=1e-4, atol=1e-5) if backend.gpu_available() else dict(rtol=2e-5, atol=2e-6)
 
 
 def diff(name, got, want, exact, dtype):
