@@ -35,6 +35,8 @@ def register(sub, fmt):
     pr.add_argument("--jobs", type=int, help="processes for selective search (default: every core)")
     pr.add_argument("--file", help="precomputed proposals (.mat/.npz/.npy/.h5, layouts in minispp/proposals.py; "
                                    "never unpickled) instead of selective search")
+    pr.add_argument("--distributed", action="store_true",
+                    help="split the images over MPI ranks (default: on when started by mpiexec)")
     pr.set_defaults(run=cmd_proposals)
 
     dt = sub.add_parser("detect-train", help="train the SPP-net detector on a VOC devkit",
@@ -67,6 +69,9 @@ def register(sub, fmt):
     dt.add_argument("--seed", type=int, default=0)
     dt.add_argument("--quiet", action="store_true")
     add_device_argument(dt)
+    dt.add_argument("--distributed", action="store_true",
+                    help="split the proposal and conv5 caching over MPI ranks (default: on when "
+                         "started by mpiexec); rank 0 then trains")
     dt.set_defaults(run=cmd_detect_train)
 
     de = sub.add_parser("detect-test", help="VOC07 detection mAP of a trained detector",
