@@ -276,6 +276,27 @@ def test_detector_head_on_the_gpu(tmp_path):
             assert type(g) is np.ndarray and np.allclose(g, c, rtol=2e-5, atol=2e-6)
 
 
+def test_detector_window_pooling_on_the_gpu(monkeypatch):
+    """The detector's pooler of a GPU model pools host conv5 maps on the device (WindowSPP's
+    GPU body) and returns host features equal to the CPU pooler's, repeated windows included."""
+    from layers import WindowSPP
+    from train.detection.windows import WindowPooler
+    maps = {s: values((1, 5, h, w), np.float32, "ties", seed=s)
+            for s, h, w in ((48, 3, 4), (64, 4, 5))}
+    boxes = np.array([[0, 0, 40, 30], [3, 2, 60, 50], [0, 0, 40, 30], [10, 5, 20, 15]])
+    got = {}
+    for device in ("cpu", "gpu"):
+        model = nets.build("small", num_classes=2, spp=(3, 2, 1), device=device)
+        pooler = WindowPooler(model, model.spp)
+        with monkeypatch.context() as mp:
+            if device == "gpu":                 # the CPU body must not run
+                mp.setattr(WindowSPP, "_forward_cpu", None)
+            got[device] = pooler.unique(maps, boxes, (48, 60))
+    assert type(got["gpu"][0]) is np.ndarray and len(got["gpu"][0]) == 3
+    assert np.array_equal(got["gpu"][0], got["cpu"][0])
+    assert np.array_equal(got["gpu"][1], got["cpu"][1])
+
+
 def test_checkpoints_from_the_gpu_load_on_either_device(tmp_path):
     """Written from device parameters as host arrays; loaded onto the GPU or the CPU, the
     same values; a loaded GPU model computes the CPU model's loss."""

@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from layers import WindowSPP
 from minispp import distributed
+from minispp.backend import module_of, to_numpy
 from minispp.data.names import inside
 from minispp.data.transforms import resize_min_side, to_input
 from minispp.detection.boxes import iou
@@ -62,11 +63,14 @@ def conv5_maps(model, img, scales, mean, pixel_scale):
 
 
 class WindowPooler:
-    """Pools windows (image pixels) from per-scale conv5 maps with the Appendix projection."""
+    """Pools windows (image pixels) from per-scale conv5 maps with the Appendix projection,
+    on the model's device (host maps in, host features out: a GPU model's maps are copied to
+    the device and every window of a scale is pooled there in one launch)."""
 
     def __init__(self, model, levels=LEVELS):
         self.stride, self.offset, _ = model.feature_geometry()
         self.levels = tuple(levels)
+        self.xp = module_of(model.device)
         self._layers = {}
 
     def _layer(self, shape):
@@ -107,7 +111,8 @@ class WindowPooler:
             scaled = boxes[rows] * f[k]
             _, first, inv = np.unique(layer.cells(scaled), axis=0, return_index=True,
                                       return_inverse=True)
-            parts.append(layer.forward(maps[s], scaled[first], train=False))
+            fmap = self.xp.asarray(maps[s])
+            parts.append(to_numpy(layer.forward(fmap, scaled[first], train=False)))
             inverse[rows] = done + inv.reshape(-1)
             done += len(first)
         return np.concatenate(parts) if len(parts) > 1 else parts[0], inverse
