@@ -88,12 +88,13 @@ def check_device(name):
 
 
 def gpu_module():
-    """cupy on a GPU machine; the simulated device's module where ``simulate_gpu()`` was
-    called; else GPUUnavailable with the reason in one line."""
-    if _GPU:
-        return _cupy
+    """The simulated device's module where ``simulate_gpu()`` was called (even on a GPU
+    machine: the simulator runs the kernels on NumPy arrays only); else cupy on a GPU
+    machine; else GPUUnavailable with the reason in one line."""
     if _SIM is not None:
         return _SIM
+    if _GPU:
+        return _cupy
     raise GPUUnavailable(f"--device gpu: {_GPU_PROBLEM}")
 
 

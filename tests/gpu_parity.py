@@ -22,7 +22,7 @@ def tol(dtype):
     and NVVM fuses multiply-adds. float64: 1e-11 on both."""
     if dtype != np.float32:
         return dict(rtol=1e-11, atol=1e-13)
-    return dict(rtol=1e-4, atol=1e-5) if backend.gpu_available() else dict(rtol=2e-5, atol=2e-6)
+    return dict(rtol=2e-5, atol=2e-6) if backend.simulated_gpu() else dict(rtol=1e-4, atol=1e-5)
 
 
 def diff(name, got, want, exact, dtype):
