@@ -1,4 +1,4 @@
-"""The array module: NumPy on the CPU, CuPy on the GPU (docs/design.md, "The Layer contract").
+"""The array module: NumPy on the CPU, CuPy on the GPU (docs/design.md, "Devices").
 
 The module of an op is decided by its data (``get_array_module(x)``), never by a global flag
 deep inside an op: a layer runs its GPU body when it is handed a device array. Where arrays
