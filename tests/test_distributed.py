@@ -261,6 +261,33 @@ def test_a_killed_rank_ends_the_others_with_an_error(data, tmp_path):
     proc.stdout.close()
 
 
+@needs_mpi
+def test_ctrl_c_stops_every_rank_at_the_same_step_with_a_checkpoint(data, tmp_path):
+    out = tmp_path / "c"
+    cmd = [mpiexec(), "-n", "2", sys.executable, "-m", "train", "train", "--data", data,
+           "--epochs", "500", "--out", str(out)] + SMALL
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=clean_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        for line in proc.stdout:
+            if line.startswith("epoch 2:"):
+                break
+        proc.send_signal(signal.SIGINT)           # mpiexec passes it on to every rank
+        rc = proc.wait(timeout=60)
+        text = proc.stdout.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    proc.stdout.close()
+    assert rc == 130, text[-2000:]
+    assert text.count("checkpoint") >= 2 and "continue with --resume" in text
+    meta = nets.load(out / "checkpoint.h5").meta
+    assert meta["epoch"] >= 2 and meta["epoch"] < 500
+    t = Trainer(None, out, resume=True, progress=False)
+    assert (t.epoch, t.batch_index) == (meta["epoch"], meta["batch"])
+
+
 RANK_FAILS = """
 import sys
 from minispp import distributed

@@ -227,7 +227,7 @@ class Trainer:
             self.schedule = PlateauSchedule(patience=patience)
             self.epoch, self.batch_index, self.history = 0, 0, []
             self.partial = {"loss": 0.0, "err": 0, "n": 0, "seconds": 0.0, "wait": 0.0, "skipped": 0}
-        self.stop_requested, self.stop_signal = False, None
+        self.stop_requested, self.stop_signal, self.stop_agreed = False, None, False
         if self.comm.size > 1 and self.comm.is_root:
             n = int(self.cfg.get("blas_threads") or 0)
             cores = os.cpu_count() or 1
@@ -338,7 +338,7 @@ class Trainer:
             with self._blas_threads():
                 self._check_identical("at the start")
                 while self.epoch < self.cfg["epochs"]:
-                    if self.stop_requested or not self._train_epoch():
+                    if self._stop_agreed() or not self._train_epoch():
                         self.save()
                         self.comm.barrier()           # no rank ends before rank 0 has saved
                         signum = self.stop_signal or signal.SIGINT
@@ -377,8 +377,9 @@ class Trainer:
                 f"{last['val_top5']:.1%}")
 
     def _on_signal(self, signum, frame):
-        if self.stop_requested:            # a second signal: stop now, no checkpoint
-            raise KeyboardInterrupt
+        if getattr(self, "signalled", False):
+            raise KeyboardInterrupt        # a second signal: stop now, no checkpoint
+        self.signalled = True              # (a stop agreed with other ranks is not a signal)
         self.stop_requested, self.stop_signal = True, signum
         print(f"\n{signal.Signals(signum).name}: finishing this batch, then saving a checkpoint "
               f"and stopping (Ctrl-C again to abort without saving)", flush=True)
@@ -432,13 +433,25 @@ class Trainer:
             bar.set_postfix(loss=f"{p['loss'] / p['n']:.3f}", img_s=f"{p['n'] / max(elapsed, 1e-9):.1f}",
                             data_wait=f"{(p['wait'] + loader.wait_seconds) / max(elapsed, 1e-9):.0%}")
             bar.update(1)
-            if self.stop_requested:
+            if self.stop_requested if comm.size == 1 else self.stop_agreed:
                 break
         p["seconds"] += time.perf_counter() - t_start
         p["wait"] += loader.wait_seconds
         p["skipped"] += len(loader.skipped)
         bar.close()
-        return not self.stop_requested
+        return not (self.stop_requested if comm.size == 1 else self.stop_agreed)
+
+    def _stop_agreed(self):
+        """Whether a stop was asked for, on any rank: every rank gets the same answer (a
+        signal reaches the ranks at different moments; a rank acting on its own flag would
+        leave the others in a collective it never joins)."""
+        if self.comm.size == 1:
+            return self.stop_requested
+        flag = self.comm.allreduce_max(np.array([int(self.stop_requested)], dtype=np.int64))
+        self.stop_agreed = bool(flag[0])
+        if self.stop_agreed and not self.stop_requested:
+            self.stop_requested, self.stop_signal = True, signal.SIGTERM
+        return self.stop_agreed
 
     def _local_step(self, net, epoch, x, labels, ids, dloss):
         """Forward and backward of this process's images; returns (loss summed over them,
@@ -479,7 +492,8 @@ class Trainer:
         if total[4] > 0:
             bar.close()
             self._not_finite(e, b)
-        if total[3] > 0 and not self.stop_requested:
+        self.stop_agreed = total[3] > 0     # this rank's own flag may be newer: the next step
+        if self.stop_agreed and not self.stop_requested:
             self.stop_requested, self.stop_signal = True, signal.SIGTERM
         if total[2] > 0:                    # a batch of unreadable images only: no step
             self.solver.step()
