@@ -278,13 +278,9 @@ def extract(checkpoint, kind, root, split, layers, scale, view, outs, batch=16, 
     # every writer is checked before any is written to: a refused output leaves nothing
     writers = {layer: CacheWriter(outs[layer], dict(identity, layer=layer), ids, labels, classes,
                                   dict(provenance), shard_size) for layer in layers}
-    comm.barrier()                      # every rank has checked the outputs before any writes
     todo = sorted(set().union(*(w.pending() for w in writers.values())))
-    if comm.size > 1:                   # shard k to rank k mod R, whatever is already done
-        size = next(iter(writers.values())).shard_size
-        todo = [(a, b) for a, b in todo if (a // size) % comm.size == comm.rank]
     order = np.array([i for a, b in todo for i in range(a, b)], dtype=np.int64)
-    if not skip_unreadable:
+    if not skip_unreadable:             # every pending image, on every rank
         for i in order:
             path = image_path(dataset, int(i))
             if not os.path.isfile(path):
@@ -296,6 +292,11 @@ def extract(checkpoint, kind, root, split, layers, scale, view, outs, batch=16, 
         except ValueError as err:
             raise ValueError(f"--scale {scale} does not fit net {model.definition} "
                              f"({err})") from None
+    comm.barrier()                      # every rank has checked everything before any writes
+    if comm.size > 1:                   # shard k to rank k mod R, whatever is already done
+        size = next(iter(writers.values())).shard_size
+        todo = [(a, b) for a, b in todo if (a // size) % comm.size == comm.rank]
+        order = np.array([i for a, b in todo for i in range(a, b)], dtype=np.int64)
 
     def make(img, rng):
         return view_input(img, view, scale, mean, pixel_scale)
