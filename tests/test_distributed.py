@@ -288,6 +288,12 @@ def test_ctrl_c_stops_every_rank_at_the_same_step_with_a_checkpoint(data, tmp_pa
     assert (t.epoch, t.batch_index) == (meta["epoch"], meta["batch"])
 
 
+@needs_mpi
+def test_a_command_that_does_not_split_its_work_is_refused_under_mpiexec(tmp_path):
+    r = run_ranks(2, ["svm", "--train", str(tmp_path / "none.h5")], timeout=60)
+    assert r.returncode == 2 and "`minispp svm` runs in one process" in r.stderr, r.stderr[-2000:]
+
+
 RANK_FAILS = """
 import sys
 from minispp import distributed

@@ -36,6 +36,8 @@ from train.cli import classify, detection, features  # noqa: E402
 from train.cli.common import check_outputs, error_line, tolerant_output  # noqa: E402
 
 PIPELINES = (classify, features, detection)
+# the commands that split their work over MPI ranks (README, "Beyond one machine")
+SPLIT_COMMANDS = ("train", "features", "proposals", "detect-train")
 
 
 def parse_args(argv):
@@ -69,6 +71,9 @@ def main(argv=None):
         return 2
     who = f"rank {comm.rank}: " if comm.size > 1 else ""
     try:
+        if comm.size > 1 and a.command not in SPLIT_COMMANDS:
+            raise ValueError(f"`minispp {a.command}` runs in one process; under mpiexec only "
+                             f"{', '.join(SPLIT_COMMANDS)} split their work over ranks")
         check_outputs(a)
         return a.run(a)
     except TrainingStopped as err:
