@@ -297,6 +297,34 @@ def test_detector_window_pooling_on_the_gpu(monkeypatch):
     assert np.array_equal(got["gpu"][1], got["cpu"][1])
 
 
+def test_command_line_features_with_device_gpu(tmp_path, capsys):
+    """`minispp features --device gpu` end to end (the command line's device choice, the
+    checkpoint loaded onto the device, the net's host/device boundary, the cache written from
+    host arrays): the same features as `--device cpu`."""
+    from minispp.data.embedded import make_voc
+    from minispp.storage.feature_cache import read_cache
+    from tests.helpers import save_small
+    from train.cli import main
+    voc = make_voc(tmp_path / "voc", seed=0, trainval=1, test=1)
+    ckpt = save_small(tmp_path / "small.h5")
+    feats = {}
+    old = backend._CHOSEN
+    try:
+        for device in ("cpu", "gpu"):
+            out = str(tmp_path / f"{device}.h5")
+            assert main(["features", "--checkpoint", ckpt, "--voc", str(voc), "--split", "test",
+                         "--layer", "fc6", "--scale", "32", "--view", "full", "--out", out,
+                         "--quiet", "--workers", "1", "--device", device]) == 0, \
+                capsys.readouterr().err
+            assert backend.device() == device
+            feats[device] = read_cache(out)
+    finally:
+        backend._CHOSEN = old
+    cpu, gpu = feats["cpu"], feats["gpu"]
+    assert cpu.features.shape == gpu.features.shape == (1, 8)
+    assert np.allclose(gpu.features, cpu.features, rtol=2e-5, atol=2e-6)
+
+
 def test_checkpoints_from_the_gpu_load_on_either_device(tmp_path):
     """Written from device parameters as host arrays; loaded onto the GPU or the CPU, the
     same values; a loaded GPU model computes the CPU model's loss."""

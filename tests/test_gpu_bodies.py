@@ -43,9 +43,9 @@ def test_simulator_run_exit_status(simulator_run):
     ("spp_forward", "whole_net and float64 or test_layer_gpu_body and spp-3-2-1-float64",
      {"test_whole_net_gpu_path_matches_the_cpu_path[float64]",
       "test_layer_gpu_body[spp-3-2-1-float64]"}),
-    ("relu_backward", "whole_net and float32 or test_layer_gpu_body and relu-float32",
-     {"test_whole_net_gpu_path_matches_the_cpu_path[float32]",
-      "test_layer_gpu_body[relu-float32]"}),
+    ("relu_backward", "whole_net and float64 or test_layer_gpu_body and relu-float64",
+     {"test_whole_net_gpu_path_matches_the_cpu_path[float64]",
+      "test_layer_gpu_body[relu-float64]"}),
 ])
 def test_broken_gpu_path_fails_the_run(tmp_path, name, selection, failing):
     """A broken kernel or GPU body swapped in for the whole child run: exactly the checks
