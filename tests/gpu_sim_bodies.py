@@ -325,6 +325,41 @@ def test_command_line_features_with_device_gpu(tmp_path, capsys):
     assert np.allclose(gpu.features, cpu.features, rtol=2e-5, atol=2e-6)
 
 
+def test_command_line_detect_with_device_gpu(tmp_path, capsys):
+    """`minispp detect --device gpu` end to end on an untrained detector of the small net:
+    proposals on the host; conv5, window pooling and the fc head on the device; the same
+    report (proposals, detections, their scores, the best window's cells) and the same
+    pictures as `--device cpu`."""
+    from PIL import Image
+
+    from tests.helpers import save_small
+    from train.cli import main
+    from train.detection.detector import Detector
+    det = Detector(nets.load(save_small(tmp_path / "small.h5")), ["a", "b"],
+                   {"scales": (32,), "svm_scales": ((32,),), "proposals": 30, "seed": 0})
+    rng = np.random.default_rng(0)
+    det.svm_w = rng.standard_normal((2, det.feature_dim)).astype(np.float32)
+    det.svm_b = np.zeros(2, np.float32)
+    det.keep_scorer((32,))
+    os.makedirs(tmp_path / "det")
+    det.save(str(tmp_path / "det" / "detector.h5"))
+    Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(tmp_path / "x.png")
+    lines = {}
+    old = backend._CHOSEN
+    try:
+        for device in ("cpu", "gpu"):
+            assert main(["detect", str(tmp_path / "x.png"), "--model", str(tmp_path / "det"),
+                         "--out", str(tmp_path / device), "--device", device]) == 0, \
+                capsys.readouterr().err
+            lines[device] = capsys.readouterr().out.replace(str(tmp_path / device), "OUT")
+    finally:
+        backend._CHOSEN = old
+    assert lines["gpu"] == lines["cpu"] and "30 proposals" in lines["cpu"], lines
+    for picture in ("x-detections.png", "x-projection.png"):
+        assert np.array_equal(np.asarray(Image.open(tmp_path / "gpu" / picture)),
+                              np.asarray(Image.open(tmp_path / "cpu" / picture)))
+
+
 def test_checkpoints_from_the_gpu_load_on_either_device(tmp_path):
     """Written from device parameters as host arrays; loaded onto the GPU or the CPU, the
     same values; a loaded GPU model computes the CPU model's loss."""
