@@ -238,8 +238,8 @@ def abort_on_uncaught():
 
 def _share_cores(local_size):
     """Numba threads per rank: the machine's cores divided among its ranks (the kernels'
-    results do not depend on the thread count, docs/design.md "Random numbers"). OpenBLAS
-    threads are a recorded training setting (--blas-threads) and are left to it."""
+    results do not depend on the thread count: README, "Training"). OpenBLAS threads are a
+    recorded training setting (--blas-threads) and are left to it."""
     if "NUMBA_NUM_THREADS" in os.environ:
         return
     try:

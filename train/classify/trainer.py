@@ -229,6 +229,8 @@ class Trainer:
             self.partial = {"loss": 0.0, "err": 0, "n": 0, "seconds": 0.0, "wait": 0.0, "skipped": 0}
         self.stop_requested, self.stop_signal, self.stop_agreed = False, None, False
         if self.comm.size > 1 and self.comm.is_root:
+            print(f"data-parallel on {self.comm.describe()}: global batch {self.cfg['batch']}, "
+                  f"at most {-(-self.cfg['batch'] // self.comm.size)} images per rank")
             n = int(self.cfg.get("blas_threads") or 0)
             cores = os.cpu_count() or 1
             if n * self.comm.local_size > cores:
