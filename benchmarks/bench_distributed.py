@@ -53,7 +53,7 @@ def worker(batch, steps, threads, classes):
     labels = rng.integers(0, classes, share)
     solver = SGD(model.params, lr=1e-4)
     reducer = distributed.GradientAllreduce(comm, model.params, 3) if comm.size > 1 else None
-    times, reduce_times, fused_times = [], [], []
+    times, reduce_times, fused_times, compute_times, sgd_times = [], [], [], [], []
     with threadpool_limits(limits=threads, user_api="blas"):
         for step in range(steps + 1):
             comm.barrier()
@@ -69,11 +69,14 @@ def worker(batch, steps, threads, classes):
                 reducer.reduce([loss * share, 0.0, share], count=2)
             t2 = time.perf_counter()
             solver.step()
+            t3 = time.perf_counter()
             comm.barrier()
             if step:                                   # step 0: warm-up
                 times.append(time.perf_counter() - t0)
                 reduce_times.append(reducer.seconds - before if reducer else 0.0)
                 fused_times.append(t2 - t1)
+                compute_times.append(t1 - t0)
+                sgd_times.append(t3 - t2)
     distributed.check_identical(comm, model.params, "after the benchmark")
     if comm.is_root:
         step_s = statistics.median(times)
@@ -81,6 +84,8 @@ def worker(batch, steps, threads, classes):
                           "step_s": step_s, "images_per_s": batch / step_s,
                           "allreduce_s": statistics.median(reduce_times),
                           "pack_allreduce_unpack_s": statistics.median(fused_times),
+                          "forward_backward_s": statistics.median(compute_times),
+                          "sgd_s": statistics.median(sgd_times),
                           "fused_mb": reducer.buf.nbytes / 2 ** 20 if reducer else 0.0}),
               flush=True)
 
@@ -126,7 +131,8 @@ def main():
              else got[0][key] for key in got[0]}
         rows[ranks, threads] = r
         print(f"{ranks} rank(s) x {threads} thread(s): {r['images_per_s']:.2f} images/s, "
-              f"{r['step_s']:.2f} s per step of {args.batch} images"
+              f"{r['step_s']:.2f} s per step of {args.batch} images (forward+backward "
+              f"{r['forward_backward_s']:.2f} s, SGD {r['sgd_s']:.2f} s)"
               + (f", MPI_Allreduce {r['allreduce_s'] * 1e3:.0f} ms per step (with packing and "
                  f"the division {r['pack_allreduce_unpack_s'] * 1e3:.0f} ms; "
                  f"{r['fused_mb']:.0f} MB fused buffer)" if ranks > 1 else ""),
