@@ -85,12 +85,17 @@ class Conv(Layer):
         rows = self.band_rows(x.dtype)
         if not train and rows < Ho:
             return self._forward_bands(x, W2, b, rows)
-        col = self.scratch("col", (C * kh * kw, N * Ho * Wo), x.dtype)
+        # training reuses the layer's own buffers step after step; a test-time forward uses
+        # temporary ones and keeps nothing, so that the many cached instances of a model (one
+        # per full-image size) do not each hold their conv columns (docs/design.md, "Memory")
+        shape_col, shape_y2 = (C * kh * kw, N * Ho * Wo), (F, N * Ho * Wo)
+        col = self.scratch("col", shape_col, x.dtype) if train else np.empty(shape_col, x.dtype)
         im2col(x, kh, kw, sh, sw, ph, pw, Ho, Wo, col)
-        y2 = np.dot(W2, col, out=self.scratch("y2", (F, N * Ho * Wo), x.dtype))
+        y2 = self.scratch("y2", shape_y2, x.dtype) if train else np.empty(shape_y2, x.dtype)
+        np.dot(W2, col, out=y2)
         y = np.empty((N, F, Ho * Wo), x.dtype)
         gemm_to_nchw(y2, b, y)
-        self.save(col=col)
+        self.save(col=col if train else None)
         return y.reshape(N, F, Ho, Wo)
 
     def band_rows(self, dtype):

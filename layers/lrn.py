@@ -40,15 +40,18 @@ class LRN(Layer):
         N, C, H, W = x.shape
         x3 = x.reshape(N, C, H * W)
         y = np.empty_like(x3)
-        scale = self.scratch("scale", x3.shape, x3.dtype)
-        inv = self.scratch("inv", x3.shape, x3.dtype)
+        # training reuses the layer's buffers; a test-time forward keeps nothing (conv.py)
+        scale = self.scratch("scale", x3.shape, x3.dtype) if train else np.empty_like(x3)
+        inv = self.scratch("inv", x3.shape, x3.dtype) if train else np.empty_like(x3)
         alpha, beta, k = (x.dtype.type(v) for v in (self.alpha, self.beta, self.k))
         lrn_forward(x3, self.size, alpha, beta, k, y, scale, inv)
-        self.save(x3=x3, scale=scale, inv=inv)
+        self.save(**(dict(x3=x3, scale=scale, inv=inv) if train else dict(x3=None, scale=None, inv=None)))
         return y.reshape(x.shape)
 
     def _backward_cpu(self, dy, propagate_down=True):
         x3, scale, inv = self.saved.x3, self.saved.scale, self.saved.inv
+        if x3 is None:
+            raise RuntimeError(f"{self._who()}: backward needs a train=True forward")
         dy3 = np.ascontiguousarray(dy, dtype=x3.dtype).reshape(x3.shape)
         dx, ratio = np.empty_like(x3), self.scratch("ratio", x3.shape, x3.dtype)
         alpha, beta = x3.dtype.type(self.alpha), x3.dtype.type(self.beta)

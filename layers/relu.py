@@ -19,10 +19,12 @@ class ReLU(Layer):
 
     def _forward_cpu(self, x, train=True):
         y = get_array_module(x).maximum(x, 0)
-        self.save(y=y)
+        self.save(y=y if train else None)       # a test-time forward keeps nothing (conv.py)
         return y
 
     def _backward_cpu(self, dy, propagate_down=True):
+        if self.saved.y is None:
+            raise RuntimeError(f"{self._who()}: backward needs a train=True forward")
         xp = get_array_module(dy)
         return xp.where(self.saved.y > 0, dy, 0).astype(dy.dtype, copy=False)
 

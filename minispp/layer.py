@@ -24,6 +24,7 @@ backward returns None.
 No autograd and no graph: a net is a list of layers, and backward walks it in reverse.
 """
 import contextlib
+import weakref
 
 import numpy as np
 
@@ -87,14 +88,19 @@ class Saved:
     __slots__ = ("_owner", "_values")
 
     def __init__(self, owner, names):
-        object.__setattr__(self, "_owner", owner)
+        # a weak reference: a strong one would make every layer a reference cycle, freed only
+        # by Python's occasional cycle collection, so a model's evicted net instances (one per
+        # full-image size) would keep their arrays for a while (docs/design.md, "Memory")
+        object.__setattr__(self, "_owner", weakref.ref(owner))
         object.__setattr__(self, "_values", dict.fromkeys(names))
 
     def __getattr__(self, name):
         try:
             return self._values[name]
         except KeyError:
-            raise AttributeError(f"{self._owner._who()}: {name!r} is not in its declared saves "
+            owner = self._owner()
+            who = owner._who() if owner is not None else "layer"
+            raise AttributeError(f"{who}: {name!r} is not in its declared saves "
                                  f"{tuple(self._values)}") from None
 
     def __setattr__(self, name, value):

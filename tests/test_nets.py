@@ -381,3 +381,34 @@ def test_params_is_a_mapping_of_names_to_param():
     assert [p.name for p in params.values()] == list(params)
     with pytest.raises(KeyError, match="no parameter 'conv9.W'"):
         params["conv9.W"]
+
+
+def test_test_time_forwards_over_many_sizes_keep_memory_bounded():
+    """A model caches a net per input size (MAX_CACHED of them): a test-time forward keeps no
+    conv columns, LRN scales or ReLU outputs, and an evicted instance is freed at once, not
+    at Python's next cycle collection (a layer's saved state refers back to it weakly)."""
+    import gc
+    import weakref
+
+    from nets.model import MAX_CACHED
+    model = build("small", num_classes=3, spp=(2, 1), rng=np.random.default_rng(0))
+    rng = np.random.default_rng(1)
+    first = None
+    gc.disable()
+    try:
+        for k in range(MAX_CACHED + 3):
+            size = (40 + 2 * k, 44)
+            x = rng.standard_normal((1, 3) + size).astype(np.float32)
+            net = model.trunk(size)
+            net.forward(x, train=False)
+            for layer in net.layers:
+                kept = [n for n, v in layer.saved._values.items() if v is not None]
+                assert kept == [] or layer.argmax_layer, (layer.name, kept)
+                assert "col" not in getattr(layer, "_scratch", {}), layer.name
+            if first is None:
+                first = [weakref.ref(layer) for layer in net.layers]
+            del net
+        assert len(model._instances) == MAX_CACHED
+        assert all(ref() is None for ref in first)          # evicted and freed without gc
+    finally:
+        gc.enable()
