@@ -13,7 +13,7 @@ import os
 
 import pytest
 
-from tests.test_gpu_kernels import TESTS, check_names, run_checks, tail
+from tests.test_gpu_kernels import TESTS, assert_check_passed, check_names, run_checks, tail
 
 BODIES = os.path.join(TESTS, "gpu_sim_bodies.py")
 
@@ -26,12 +26,7 @@ def simulator_run(tmp_path_factory):
 @pytest.mark.parametrize("check", check_names(BODIES))
 def test_simulator(check, simulator_run):
     """Every case of one check of gpu_sim_bodies.py ran in the simulator and passed."""
-    proc, results = simulator_run
-    mine = {k: v for k, v in results.items() if k == check or k.startswith(check + "[")}
-    assert mine, f"{check} did not run in the simulator process:\n{tail(proc)}"
-    bad = {k: v for k, v in mine.items() if v[0] != "passed"}
-    assert not bad, "\n\n".join(f"{k}: {outcome}\n{message[-1500:]}"
-                                for k, (outcome, message) in bad.items())
+    assert_check_passed(check, simulator_run)
 
 
 def test_simulator_run_exit_status(simulator_run):

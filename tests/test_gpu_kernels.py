@@ -64,15 +64,20 @@ def simulator_run(tmp_path_factory):
     return run_checks(str(tmp_path_factory.mktemp("gpu_sim") / "junit.xml"))
 
 
-@pytest.mark.parametrize("check", check_names())
-def test_simulator(check, simulator_run):
-    """Every case of one check of gpu_sim_checks.py ran in the simulator and passed."""
+def assert_check_passed(check, simulator_run):
+    """Every case of one check ran in the simulator process and passed."""
     proc, results = simulator_run
     mine = {k: v for k, v in results.items() if k == check or k.startswith(check + "[")}
     assert mine, f"{check} did not run in the simulator process:\n{tail(proc)}"
     bad = {k: v for k, v in mine.items() if v[0] != "passed"}
     assert not bad, "\n\n".join(f"{k}: {outcome}\n{message[-1500:]}"
                                 for k, (outcome, message) in bad.items())
+
+
+@pytest.mark.parametrize("check", check_names())
+def test_simulator(check, simulator_run):
+    """Every case of one check of gpu_sim_checks.py ran in the simulator and passed."""
+    assert_check_passed(check, simulator_run)
 
 
 def test_simulator_run_exit_status(simulator_run):
