@@ -34,6 +34,7 @@ class Conv(Layer):
     """
 
     prefix = "conv"
+    lean_at_test = True      # a test-time forward keeps only its input (minispp.Layer)
     has_params = True
     saves = ("col", "x")          # x: cuDNN's wgrad reads the input, im2col's the col
 

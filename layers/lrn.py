@@ -22,6 +22,7 @@ class LRN(Layer):
     """
 
     prefix = "norm"
+    lean_at_test = True      # a test-time forward keeps only its input (minispp.Layer)
     saves = ("x3", "scale", "inv")
 
     def __init__(self, size=5, alpha=1e-4, beta=0.75, k=1.0, name=None):

@@ -11,6 +11,7 @@ class ReLU(Layer):
     One body for both devices: two elementwise ops of the array module (NumPy or CuPy)."""
 
     prefix = "relu"
+    lean_at_test = True      # a test-time forward keeps only its input (minispp.Layer)
     rank = None
     saves = ("y",)
 

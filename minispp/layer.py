@@ -126,6 +126,10 @@ class Layer:
     n_inputs = 1          # arrays forward takes: x, and (SoftmaxLoss) labels or (WindowSPP) windows
     saves = ()            # what _forward_* keeps for _backward_* (self.saved.<name>)
     argmax_layer = False  # max-type: a test-mode forward keeps no argmax (see backward)
+    # a test-mode forward keeps no state for backward (conv columns, LRN scales, ReLU
+    # outputs): only its inputs are retained, and a backward after it runs the forward again
+    # with train=True, as for the max-type layers (docs/design.md, "Memory and disk")
+    lean_at_test = False
 
     def __init__(self, name=None):
         self.name = name
@@ -135,7 +139,7 @@ class Layer:
         self.param_names = ()
         self.saved = Saved(self, self.saves)
         self._forward_train = None    # train flag of the last forward; None: no forward yet
-        self._retained = None         # inputs of a test-mode forward of an argmax layer
+        self._retained = None         # inputs of a test-mode forward (argmax or lean layer)
 
     # -- the public forward and backward ---------------------------------------------------
     def forward(self, x, *more, train=True):
@@ -148,7 +152,8 @@ class Layer:
         self._forward_train = None
         y = self._body("forward", x)(x, *more, train=train)
         self._forward_train = bool(train)
-        self._retained = (x,) + more if (self.argmax_layer and not train) else None
+        recompute = self.argmax_layer or self.lean_at_test
+        self._retained = (x,) + more if (recompute and not train) else None
         return y
 
     def backward(self, dy=None, propagate_down=True):
@@ -156,7 +161,7 @@ class Layer:
         the Params store); None when propagate_down is False."""
         if self._forward_train is None:
             raise RuntimeError(f"{self._who()}: backward called before forward")
-        if self._retained is not None:       # test-mode forward of a max-type layer
+        if self._retained is not None:       # test-mode forward of a max-type or lean layer
             retained = self._retained
             self.forward(*retained, train=True)
         dy = self.check_dy(dy)

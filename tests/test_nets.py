@@ -412,3 +412,24 @@ def test_test_time_forwards_over_many_sizes_keep_memory_bounded():
         assert all(ref() is None for ref in first)          # evicted and freed without gc
     finally:
         gc.enable()
+
+
+@pytest.mark.parametrize("make", [lambda: __import__("layers").Conv(out_channels=4, kernel=3, pad=1),
+                                  lambda: __import__("layers").LRN(),
+                                  lambda: __import__("layers").ReLU()], ids=["conv", "lrn", "relu"])
+def test_a_lean_layer_keeps_only_its_input_at_test_time_and_still_backpropagates(make):
+    from minispp import Params
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 6, 7, 9))
+    grads = []
+    for train in (True, False):
+        layer, params = make(), Params(np.float64)
+        layer.setup(x.shape, params, rng=np.random.default_rng(1))
+        y = layer.forward(x, train=train)
+        if not train:
+            assert all(v is None for v in layer.saved._values.values())
+            assert layer._retained[0] is x
+        dy = np.random.default_rng(2).standard_normal(y.shape)
+        grads.append([layer.backward(dy)] + [p.grad.copy() for p in params.values()])
+    for a, b in zip(*grads):
+        np.testing.assert_array_equal(a, b)
