@@ -10,8 +10,10 @@ own training images only (never on test data):
 
 A window of a training image counts as true for class c when its IoU with a ground-truth
 box of c is at least 0.5, the VOC rule for a correct detection; every other window of the
-image is false. The map is increasing, so a detector alone ranks its windows exactly as
-before and its AP does not change; only the merging of two detectors does.
+image is false. The detections are merged by the log-odds a s + b (``calibrated``), which
+order windows as the probabilities do without rounding to 1.0 where the fit is steep. The
+map is increasing, so a detector alone ranks its windows exactly as before and its AP does
+not change; only the merging of two detectors does.
 
 Memory and time are bounded: the scores of at most ``calib_images`` training images (a
 seeded sample) are used, all their true windows and up to ``calib_negatives`` false ones per
@@ -67,9 +69,13 @@ def platt_fit(scores, labels, weights=None, iterations=100):
 
 
 def calibrated(scores, calib):
-    """(R, K) probabilities from (R, K) SVM scores and calib (K, 2) rows (a, b)."""
+    """(R, K) calibrated scores from (R, K) SVM scores and calib (K, 2) rows (a, b): the
+    log-odds a s + b of a true detection. They order windows as the probabilities
+    1 / (1 + exp(-(a s + b))) do, but do not round to exactly 1.0 where the fit is steep (SVMs
+    fitted to their own training windows separate them well, and a reaches the hundreds), so
+    the ranking within a detector is kept exactly."""
     calib = np.asarray(calib, np.float64)
-    return expit(np.asarray(scores, np.float64) * calib[:, 0] + calib[:, 1])
+    return np.asarray(scores, np.float64) * calib[:, 0] + calib[:, 1]
 
 
 def calibrate_svms(det, images, conv, log=print, progress=True):
