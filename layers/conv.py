@@ -161,14 +161,14 @@ class Conv(Layer):
         if built:
             y = cudnn_conv.execute(built, x, W, xp.empty(self.out_shape, x.dtype))
             y += b.reshape(1, F, 1, 1)
-            self.save(x=x)                      # a reference: x is the caller's array
+            self.save(x=x if train else None)   # a reference: x is the caller's array
             return y
         N, _, Ho, Wo = self.out_shape
-        col = self._im2col_gpu(x, xp)
+        col = self._im2col_gpu(x, xp, keep=train)
         y2 = W.reshape(F, -1) @ col                                 # (F, N Ho Wo), cuBLAS
         y = xp.empty((N, F, Ho * Wo), x.dtype)
         xp.add(y2.reshape(F, N, Ho * Wo).transpose(1, 0, 2), b.reshape(F, 1), out=y)
-        self.save(col=col)
+        self.save(col=col if train else None)   # lean at test time, as the CPU body
         return y.reshape(self.out_shape)
 
     def _backward_gpu(self, dy, propagate_down=True):
@@ -202,12 +202,13 @@ class Conv(Layer):
         col2im(dcol, kh, kw, sh, sw, ph, pw, Ho, Wo, dx)
         return dx
 
-    def _im2col_gpu(self, x, xp):
+    def _im2col_gpu(self, x, xp, keep=True):
         from minispp.kernels.gpu.im2col import im2col
         N, C, H, W = x.shape
         _, _, Ho, Wo = self.out_shape
         (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.pad
-        col = self.scratch("col", (C * kh * kw, N * Ho * Wo), x.dtype, xp)
+        shape = (C * kh * kw, N * Ho * Wo)
+        col = self.scratch("col", shape, x.dtype, xp) if keep else xp.empty(shape, x.dtype)
         im2col(x, kh, kw, sh, sw, ph, pw, Ho, Wo, col)
         return col
 

@@ -65,10 +65,10 @@ class LRN(Layer):
         N, C, H, W = x.shape
         x3 = xp.ascontiguousarray(x).reshape(N, C, H * W)
         y = xp.empty_like(x3)
-        scale = self.scratch("scale", x3.shape, x3.dtype, xp)
-        inv = self.scratch("inv", x3.shape, x3.dtype, xp)
+        scale = self.scratch("scale", x3.shape, x3.dtype, xp) if train else xp.empty_like(x3)
+        inv = self.scratch("inv", x3.shape, x3.dtype, xp) if train else xp.empty_like(x3)
         forward(x3, self.size, self.alpha, self.beta, self.k, y, scale, inv)
-        self.save(x3=x3, scale=scale, inv=inv)
+        self.save(**(dict(x3=x3, scale=scale, inv=inv) if train else dict(x3=None, scale=None, inv=None)))
         return y.reshape(x.shape)
 
     def _backward_gpu(self, dy, propagate_down=True):
