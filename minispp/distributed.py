@@ -223,10 +223,13 @@ def abort_on_uncaught():
     previous = sys.excepthook
 
     def abort_job(kind, value, tb):
-        previous(kind, value, tb)
         rank = os.environ.get("PMI_RANK", os.environ.get("OMPI_COMM_WORLD_RANK", "?"))
         print(f"rank {rank}: uncaught {kind.__name__}; aborting every rank", file=sys.stderr)
+        previous(kind, value, tb)
         sys.stderr.flush()
+        # MPI_Abort ends the launcher's forwarding of this rank's output too: give it a moment
+        # to pass on the lines above first
+        time.sleep(0.5)
         try:
             from mpi4py import MPI
             MPI.COMM_WORLD.Abort(1)
