@@ -1,4 +1,7 @@
 """Helpers the test modules import: `from tests.helpers import distinct, save_small`."""
+import glob
+import time
+
 import numpy as np
 
 
@@ -16,3 +19,13 @@ def save_small(path, seed=0):
     m.save(path, meta={"config": {"mean": "image"}},
            extras={"mean_image": np.full((3, 32, 32), 110, np.float32), "pixel_std": np.array(60.0)})
     return str(path)
+
+
+def wait_for_shards(proc, cache, count, seconds=120):
+    """Wait until the running extraction proc has written count shards of cache (so that a
+    test can kill it mid-run); fails if it ends first or takes longer than seconds."""
+    deadline = time.time() + seconds
+    while len(glob.glob(cache + ".parts/shard-*.h5")) < count:
+        assert proc.poll() is None, "the extraction ended before it could be killed"
+        assert time.time() < deadline, "no shard written in time"
+        time.sleep(0.05)

@@ -22,7 +22,7 @@ from minispp.data.embedded import make_classification, make_voc
 from minispp.data.loader import BatchLoader
 from minispp.params import Params
 from minispp.storage.feature_cache import read_cache
-from tests.helpers import save_small
+from tests.helpers import save_small, wait_for_shards
 from train.classify.trainer import Trainer
 from train.features.extract import extract
 
@@ -360,11 +360,7 @@ def test_sharded_features_equal_the_single_process_cache_and_resume_after_a_kill
                              str(voc), a, b, "1"], cwd=ROOT, env=clean_env(MINISPP_TEST_MARK=mark),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.time() + 120
-        while len(glob.glob(b + ".parts/shard-*.h5")) < 2:
-            assert proc.poll() is None, "the extraction ended before it could be killed"
-            assert time.time() < deadline, "no shard written in time"
-            time.sleep(0.05)
+        wait_for_shards(proc, b, 2)
         os.kill(rank_pid(mark, 1), signal.SIGKILL)      # mpiexec then ends rank 0
         proc.wait(timeout=60)
     finally:

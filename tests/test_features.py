@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import nets
-from tests.helpers import save_small
+from tests.helpers import save_small, wait_for_shards
 from minispp.data.embedded import make_voc
 from minispp.storage.feature_cache import CacheMismatch, CacheWriter, cache_info, read_cache
 from minispp.data.voc import VOCDataset
@@ -105,11 +105,7 @@ def test_cache_resumes_after_a_kill_with_identical_features(ckpt, voc, tmp_path)
     env = dict(os.environ, PYTHONPATH=ROOT)
     proc = subprocess.Popen([sys.executable, "-c", SLOW_EXTRACT, ckpt, str(voc), a, b], env=env)
     try:
-        deadline = time.time() + 120
-        while len(glob.glob(b + ".parts/shard-*.h5")) < 2:
-            assert proc.poll() is None, "the extraction ended before it could be killed"
-            assert time.time() < deadline, "no shard written in time"
-            time.sleep(0.05)
+        wait_for_shards(proc, b, 2)
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.wait()

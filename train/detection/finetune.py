@@ -75,7 +75,7 @@ def finetune(det, images, conv, log=print, progress=True, stats=None):
         if visit <= len(groups):
             total_fg, total_bg = total_fg + fg.size, total_bg + bg.size
         if fg.size == 0 or bg.size == 0:
-            if len(groups) == 1 or visit > 2 * len(groups) and not history:
+            if len(groups) == 1 or (visit > 2 * len(groups) and not history):
                 raise ValueError(f"fine-tuning needs positive and negative windows; found "
                                  f"{total_fg} positives and {total_bg} negatives")
             continue
