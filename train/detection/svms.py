@@ -36,6 +36,9 @@ import numpy as np
 from tqdm import tqdm
 
 from minispp.detection.boxes import nms, regression_targets
+from minispp.kernels.cpu.linear_svm import hinge_svm
+
+SVM_BIAS, SVM_MAX_EPOCHS = 10.0, 20000     # the bias feature (liblinear's intercept_scaling)
 
 _GOLDEN, _M1, _M2 = (np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9),
                      np.uint64(0x94D049BB133111EB))
@@ -69,12 +72,14 @@ def negative_keys(seed, c, j, rows):
 
 
 def _fit_svm(x, y, C, pos_weight):
+    """The reference solver, scikit-learn's LinearSVC (liblinear) on float32 rows, for tests:
+    the same problem as hinge_svm (hinge loss, class weights, bias feature 10)."""
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.svm import LinearSVC
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         m = LinearSVC(C=C, loss="hinge", dual=True, class_weight={1: pos_weight, 0: 1.0},
-                      intercept_scaling=10.0, max_iter=20000, random_state=0).fit(x, y)
+                      intercept_scaling=SVM_BIAS, max_iter=SVM_MAX_EPOCHS, random_state=0).fit(x, y)
     return m.coef_[0].astype(np.float32), np.float32(m.intercept_[0])
 
 
@@ -117,9 +122,12 @@ def _scores(f16, scale, W, b):
 
 
 def _fit(det, pos16, neg16, C):
-    x = np.concatenate([_svm_input(pos16, det.svm_scale), _svm_input(neg16, det.svm_scale)])
-    y = np.concatenate([np.ones(len(pos16)), np.zeros(len(neg16))]).astype(np.int64)
-    return _fit_svm(x, y, C, det.config["svm_pos_weight"])
+    """One class's SVM on its float16 positives and cached negatives, in place (hinge_svm
+    holds their nonzeros, not a float64 copy: the SVM stage's memory is the caches')."""
+    y = np.concatenate([np.ones(len(pos16), bool), np.zeros(len(neg16), bool)])
+    w, b, _ = hinge_svm([pos16, neg16], y, C, det.config["svm_pos_weight"], det.svm_scale,
+                        SVM_BIAS, max_epochs=SVM_MAX_EPOCHS)
+    return w, b
 
 
 def _cache_cap(cfg):
