@@ -591,9 +591,32 @@ def test_voc_svm_separable_classes_and_zero_labels_left_out(monkeypatch):
     seen = []
     import train.features.svm as S
     orig = S._fit_binary
-    monkeypatch.setattr(S, "_fit_binary", lambda x, y, C: seen.append(len(y)) or orig(x, y, C))
-    fit_multilabel(x, labels, 1.0)
+    monkeypatch.setattr(S, "_fit_binary", lambda r, i, y, C: seen.append(len(y)) or orig(r, i, y, C))
+    fit_multilabel(S.Rows(x), labels, 1.0)
     assert seen == [90, 85, 90]
+
+
+def test_svms_are_liblinears_one_vs_rest():
+    """`minispp svm`'s SVMs (own dual coordinate descent) against scikit-learn's LinearSVC on
+    the same l2-normalized rows: the same decision values to solver tolerance."""
+    import warnings
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.svm import LinearSVC
+    import train.features.svm as S
+    rng = np.random.default_rng(4)
+    x, y = blobs(rng, 25, 4, spread=1.2)
+    rows, xn = S.Rows(x), S.l2_normalize(x).astype(np.float64)
+    assert np.array_equal(x, blobs(np.random.default_rng(4), 25, 4, spread=1.2)[0])   # not scaled in place
+    for C in (0.1, 1.0):
+        ours = S.fit_multiclass(rows, y, C)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            ref = LinearSVC(C=C, dual=True, max_iter=20000, random_state=0).fit(xn, y)
+        s, sr = rows.scores(ours), ref.decision_function(xn)
+        assert np.abs(s - sr).max() < 2e-3 * np.abs(sr).max()
+        assert (ours.labels(s) == ref.predict(xn)).mean() > 0.98
+    two = S.fit_multiclass(rows, np.minimum(y, 1), 1.0)           # two classes: one SVM
+    assert two.coef.shape[0] == 1 and set(two.predict(xn)) <= {0, 1}
 
 
 def test_folder_and_caltech_protocols():

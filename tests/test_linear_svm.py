@@ -8,7 +8,7 @@ import pytest
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.svm import LinearSVC
 
-from minispp.kernels.cpu.linear_svm import hinge_svm, sparse_rows
+from minispp.kernels.cpu.linear_svm import dense_rows, hinge_svm, linear_svm, sparse_rows
 
 
 def relu_rows(rng, n, D, density=0.25):
@@ -67,7 +67,8 @@ def test_sparse_rows_decode_every_float16_exactly():
     finite = np.arange(2 ** 16, dtype=np.uint16).view(np.float16)
     finite = finite[np.isfinite(finite)]
     rows = np.resize(finite, (len(finite) // 64 + 1) * 64).reshape(-1, 64)   # subnormals, zeros, signs
-    indptr, cols, vals = sparse_rows(rows[:5], rows[5:])
+    indptr, cols, vals, dim = sparse_rows(rows[:5], rows[5:])
+    assert dim == 64
     dense = np.zeros(rows.shape, np.float32)
     for i in range(len(rows)):
         dense[i, cols[indptr[i]:indptr[i + 1]]] = vals[indptr[i]:indptr[i + 1]]
@@ -102,3 +103,24 @@ def test_the_rows_are_not_copied():
     finally:
         tracemalloc.stop()
     assert peak < 0.9 * x.nbytes, (peak, x.nbytes)
+
+
+def test_squared_hinge_on_a_subset_of_dense_rows_matches_liblinear():
+    """The `minispp svm` path: float32 rows, LinearSVC's default loss and bias 1, trained on
+    a subset of the rows given by index (no copy of the subset)."""
+    x, y = problem(2, n=800)
+    x = x.astype(np.float32) / 3
+    rows = np.flatnonzero(np.arange(len(x)) % 5 != 0)
+    w, b, _ = linear_svm(dense_rows(x), y[rows], 0.5, rows=rows, loss="squared_hinge", tol=1e-6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        ref = LinearSVC(C=0.5, dual=True, tol=1e-6, max_iter=100000, random_state=0)
+        ref.fit(x[rows].astype(np.float64), y[rows])
+    assert np.linalg.norm(w - ref.coef_[0]) <= 1e-3 * np.linalg.norm(ref.coef_[0])
+    assert abs(b - ref.intercept_[0]) <= 1e-3 * max(1.0, abs(ref.intercept_[0]))
+    # the subset matters: all rows give another SVM
+    w_all, _, _ = linear_svm(dense_rows(x), y, 0.5, loss="squared_hinge", tol=1e-6)
+    assert np.linalg.norm(w_all - w) > 1e-2 * np.linalg.norm(w)
+    with pytest.raises(ValueError, match="row 3 has a non-finite"):
+        x[3, 0] = np.nan
+        dense_rows(x)

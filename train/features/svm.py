@@ -1,7 +1,10 @@
 """Linear SVMs on cached full-image features (paper Sec. 3.2-3.3).
 
-Features are l2-normalized, then one linear SVM per class (scikit-learn's LinearSVC,
-one-vs-rest). The SVM cost C is chosen on a validation split of the training data only
+Features are l2-normalized, then one linear SVM per class (one-vs-rest; the squared hinge
+loss with a bias feature of 1, as scikit-learn's LinearSVC by default, solved by the dual
+coordinate descent of minispp/kernels/cpu/linear_svm.py). The features are held once, in
+float32, with their nonzeros for the solver (8 bytes each); every fit takes its rows by
+index, so no subset of the features is copied (README, "VOC 2007 at its real size"). The SVM cost C is chosen on a validation split of the training data only
 (20% of it, seeded), never on the test data, then the SVMs are refit on all the training
 data with that C.
 
@@ -20,13 +23,10 @@ import math
 import os
 import sys
 import time
-import warnings
 
 import numpy as np
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.svm import LinearSVC
-
 from minispp.data.caltech import caltech_split
+from minispp.kernels.cpu.linear_svm import dense_rows, linear_svm
 
 from train.voc_eval import classification_map
 
@@ -34,43 +34,95 @@ C_GRID = (0.01, 0.1, 1.0, 10.0, 100.0)
 
 
 def l2_normalize(x):
-    """Rows scaled to unit Euclidean length (all-zero rows stay zero)."""
-    x = np.asarray(x, dtype=np.float64)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.maximum(norms, 1e-12)
+    """A float32 copy of x (n, D) with rows scaled to unit Euclidean length (all-zero rows
+    stay zero)."""
+    x = np.array(x, dtype=np.float32)
+    norms = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64))
+    x *= (1.0 / np.maximum(norms, 1e-12)).astype(np.float32)[:, None]
+    return x
 
 
-def _svc(C):
-    return LinearSVC(C=C, dual=True, max_iter=20000, random_state=0)
+class Rows:
+    """Training rows: features[index] (the cache's array and the rows used), l2-normalized
+    chunk by chunk into their nonzeros for the solver; no normalized dense copy is held."""
+
+    def __init__(self, features, index=None):
+        self.features = features
+        self.index = np.arange(len(features)) if index is None else np.asarray(index, np.int64)
+        self.sparse = dense_rows(features, self.index, l2_normalize)
+
+    def __len__(self):
+        return len(self.index)
+
+    def scores(self, models, positions=None):
+        """models' decision values on the rows at `positions` (all when None)."""
+        return score_rows(models, self.features, self.index if positions is None else
+                          self.index[positions])
 
 
-def _fit_binary(x, y, C):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        return _svc(C).fit(x, y)
+def score_rows(models, features, index, chunk=64):
+    """(len(index), K) decision values of models on the l2-normalized features[index],
+    normalized chunk by chunk."""
+    out = np.empty((len(index), len(models.coef)))
+    for a in range(0, len(index), chunk):
+        out[a:a + chunk] = models.decision_function(l2_normalize(features[index[a:a + chunk]]))
+    return out
 
 
-def fit_multilabel(x, labels, C):
-    """One SVM per column of labels (N, K) in {1, 0, -1}; rows labelled 0 are left out of
-    that class's training. Returns a list of fitted LinearSVC (None for a class with only
-    one kind of label in the training data)."""
-    models = []
-    for k in range(labels.shape[1]):
+class SVMs:
+    """Linear SVMs, one per row of coef (K, D); `trained` False for a class with only one
+    kind of label (its scores are 0). classes: the labels of the rows (single-label)."""
+
+    def __init__(self, coef, intercept, trained, classes=None):
+        self.coef, self.intercept, self.trained, self.classes = coef, intercept, trained, classes
+
+    def decision_function(self, x):
+        out = np.asarray(x, dtype=np.float32) @ self.coef.T + self.intercept
+        out[:, ~self.trained] = 0
+        return out.astype(np.float64)
+
+    def labels(self, s):
+        """The predicted labels from decision values s."""
+        if len(self.classes) == 2:                      # one SVM, class 1 against class 0
+            return self.classes[(s[:, 0] > 0).astype(np.int64)]
+        return self.classes[np.argmax(s, axis=1)]
+
+    def predict(self, x):
+        return self.labels(self.decision_function(x))
+
+
+def _fit_binary(rows, index, y, C):
+    """(coef, intercept) of one SVM on the training rows at positions `index`, labels y
+    (booleans)."""
+    w, b, _ = linear_svm(rows.sparse, y, C, rows=index, loss="squared_hinge", bias=1.0,
+                         max_epochs=20000)
+    return w, b
+
+
+def fit_multilabel(rows, labels, C, index=None):
+    """One SVM per column of labels (len(index), K) in {1, 0, -1} for the rows `index` (all
+    when None); rows labelled 0 are left out of that class's training. An SVMs whose
+    `trained` is False for a class with only one kind of label in the training data."""
+    index = np.arange(len(rows)) if index is None else np.asarray(index)
+    K, D = labels.shape[1], rows.sparse.dim
+    coef, intercept, trained = np.zeros((K, D), np.float32), np.zeros(K, np.float32), np.zeros(K, bool)
+    for k in range(K):
         use = labels[:, k] != 0
         y = labels[use, k] == 1
-        models.append(_fit_binary(x[use], y, C) if 0 < y.sum() < len(y) else None)
-    return models
+        if 0 < y.sum() < len(y):
+            coef[k], intercept[k] = _fit_binary(rows, index[use], y, C)
+            trained[k] = True
+    return SVMs(coef, intercept, trained)
 
 
-def score_multilabel(models, x):
-    return np.stack([m.decision_function(x) if m is not None else np.zeros(len(x))
-                     for m in models], axis=1)
-
-
-def fit_multiclass(x, y, C):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        return _svc(C).fit(x, y)
+def fit_multiclass(rows, y, C, index=None):
+    """One-vs-rest SVMs over the classes present in y (one SVM when there are two)."""
+    index = np.arange(len(rows)) if index is None else np.asarray(index)
+    classes = np.unique(y)
+    targets = classes[1:] if len(classes) == 2 else classes
+    fits = [_fit_binary(rows, index, y == c, C) for c in targets]
+    return SVMs(np.stack([w for w, _ in fits]), np.array([b for _, b in fits], np.float32),
+                np.ones(len(fits), bool), classes)
 
 
 def per_class_accuracy(y_true, y_pred):
@@ -97,17 +149,19 @@ def validation_split(n, labels, seed, fraction=0.2):
     return fit, val
 
 
-def choose_C(x, labels, grid=C_GRID, seed=0):
+def choose_C(rows, labels, grid=C_GRID, seed=0, index=None):
     """(best C, {C: validation score}) with score mAP (multi-label) or mean per-class
-    accuracy (single label), on a validation split of the training rows given."""
-    fit, val = validation_split(len(x), labels, seed)
+    accuracy (single label), on a validation split of the training rows `index` of rows
+    (all when None; labels: one per row of index)."""
+    index = np.arange(len(rows)) if index is None else np.asarray(index)
+    fit, val = validation_split(len(index), labels, seed)
     scores = {}
     for C in grid:
         if labels.ndim == 1:
-            pred = fit_multiclass(x[fit], labels[fit], C).predict(x[val])
-            scores[C] = per_class_accuracy(labels[val], pred)[1]
+            models = fit_multiclass(rows, labels[fit], C, index[fit])
+            scores[C] = per_class_accuracy(labels[val], models.labels(rows.scores(models, index[val])))[1]
         else:
-            s = score_multilabel(fit_multilabel(x[fit], labels[fit], C), x[val])
+            s = rows.scores(fit_multilabel(rows, labels[fit], C, index[fit]), index[val])
             scores[C] = classification_map(s, labels[val], range(labels.shape[1]))["mAP"]
     finite = {C: v for C, v in scores.items() if np.isfinite(v)}
     best = max(finite, key=lambda C: (finite[C], -C)) if finite else grid[len(grid) // 2]
@@ -192,18 +246,18 @@ def voc_classification(train, test, C=None, grid=C_GRID, seed=0):
     C = check_C(C)
     check_same_classes(train, test)
     tr, te = _valid(train, train.path), _valid(test, test.path)
-    xtr, ytr = l2_normalize(train.features[tr]), train.labels[tr]
-    xte, yte = l2_normalize(test.features[te]), test.labels[te]
+    xtr, ytr = Rows(train.features, tr), train.labels[tr]
+    yte = test.labels[te]
     search = None
     if C is None:
         C, search = choose_C(xtr, ytr, grid, seed)
     models = fit_multilabel(xtr, ytr, C)
-    untrained = [c for c, m in zip(train.classes, models) if m is None]
+    untrained = [c for c, t in zip(train.classes, models.trained) if not t]
     if untrained:
         print(f"{train.path}: no SVM for {len(untrained)} class(es) with only positive or only "
               f"negative training images (their scores are all 0): {', '.join(untrained)}",
               file=sys.stderr)
-    result = classification_map(score_multilabel(models, xte), yte, test.classes)
+    result = classification_map(score_rows(models, test.features, te), yte, test.classes)
     result.update(task="voc07-classification", C=C, C_search=search, train_images=len(tr),
                   test_images=len(te), train_skipped=_skipped(train), test_skipped=_skipped(test),
                   untrained_classes=untrained, seconds=time.perf_counter() - t0)
@@ -216,11 +270,12 @@ def folder_classification(train, test, C=None, grid=C_GRID, seed=0):
     C = check_C(C)
     check_same_classes(train, test)
     tr, te = _valid(train, train.path), _valid(test, test.path)
-    xtr, ytr = l2_normalize(train.features[tr]), train.labels[tr]
+    xtr, ytr = Rows(train.features, tr), train.labels[tr]
     search = None
     if C is None:
         C, search = choose_C(xtr, ytr, grid, seed)
-    pred = fit_multiclass(xtr, ytr, C).predict(l2_normalize(test.features[te]))
+    models = fit_multiclass(xtr, ytr, C)
+    pred = models.labels(score_rows(models, test.features, te))
     acc, mca = per_class_accuracy(test.labels[te], pred)
     return {"task": "classification", "accuracy": acc, "mean_class_accuracy": mca, "C": C,
             "C_search": search, "train_images": len(tr), "test_images": len(te),
@@ -239,12 +294,13 @@ def caltech_classification(fs, splits=10, train_per_class=30, test_per_class=50,
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise ValueError(f"{what} must be a positive integer, got {value!r}")
     ok = _valid(fs, fs.path)
-    x, y = l2_normalize(fs.features[ok]), fs.labels[ok]
+    x, y = Rows(fs.features, ok), fs.labels[ok]
     runs = []
     for s in range(splits):
         tr, te = caltech_split(y, s, train_per_class, test_per_class)
-        c = C if C is not None else choose_C(x[tr], y[tr], grid, seed=s)[0]
-        pred = fit_multiclass(x[tr], y[tr], c).predict(x[te])
+        c = C if C is not None else choose_C(x, y[tr], grid, seed=s, index=tr)[0]
+        models = fit_multiclass(x, y[tr], c, tr)
+        pred = models.labels(x.scores(models, te))
         acc, mca = per_class_accuracy(y[te], pred)
         runs.append({"split": s, "C": c, "accuracy": acc, "mean_class_accuracy": mca})
     m = np.array([r["mean_class_accuracy"] for r in runs])

@@ -19,8 +19,11 @@ quarter nonzero, so about 0.7 times the float16 rows' bytes). A scikit-learn Lin
 the same rows first copies them to float64 and then to liblinear's (index, value) pairs,
 about 7 times the float16 bytes (docs/design.md, "Memory and disk"). Deterministic: the
 order of the rows comes from a seeded xorshift generator, and every sum is in a fixed order."""
+from typing import NamedTuple
+
 import numba as nb
 import numpy as np
+
 
 @nb.njit(cache=True)
 def _next(state):
@@ -73,8 +76,17 @@ def _fill(bits, indptr, start, cols, vals):
                 k += 1
 
 
+class SparseRows(NamedTuple):
+    """Rows by their nonzeros: row i's are cols[indptr[i]:indptr[i + 1]] and the same slice
+    of vals; dim columns in all."""
+    indptr: np.ndarray
+    cols: np.ndarray
+    vals: np.ndarray
+    dim: int
+
+
 def sparse_rows(*blocks):
-    """(indptr (n + 1,) int64, columns uint16, values float32) of the nonzero entries of
+    """SparseRows (columns uint16, values float32) of the nonzero entries of
     float16 row blocks (each (n_b, D), D <= 65,536), stacked in the order given: 6 bytes a
     nonzero, built without stacking the blocks. ValueError names a row with inf or NaN."""
     n = sum(len(b) for b in blocks)
@@ -89,22 +101,24 @@ def sparse_rows(*blocks):
     for b in blocks:
         _fill(b.view(np.uint16), indptr, start, cols, vals)
         start += len(b)
-    return indptr, cols, vals
+    return SparseRows(indptr, cols, vals, blocks[0].shape[1] if blocks else 0)
 
 
 @nb.njit(cache=True)
-def dcd_hinge(indptr, cols, vals, y, upper, scale, bias, tol, max_epochs, seed, w, alpha):
-    """Dual coordinate descent on sparse rows (indptr, cols, vals: see sparse_rows); y (n,)
-    +-1.0, upper (n,) the C_i; w (D + 1,) float64 zero on entry (the last entry is the
-    bias weight), alpha (n,) zero. Returns the number of epochs run."""
-    n = len(indptr) - 1
+def dual_cd(indptr, cols, vals, rows, y, upper, diag, scale, bias, tol, max_epochs, seed, w, alpha):
+    """Dual coordinate descent over the sparse rows `rows` of (indptr, cols, vals) (see
+    sparse_rows); per training row t: y[t] +-1.0, upper[t] the bound on alpha (C_t for the
+    hinge loss, inf for the squared hinge), diag[t] the added diagonal (0 for the hinge
+    loss, 1 / (2 C_t) for the squared hinge); w (D + 1,) float64 zero on entry (the last
+    entry is the bias weight), alpha zero. Returns the number of epochs run."""
+    n = len(rows)
     D = len(w) - 1
     qd = np.empty(n)
-    for i in range(n):
+    for t in range(n):
         s = 0.0
-        for k in range(indptr[i], indptr[i + 1]):
+        for k in range(indptr[rows[t]], indptr[rows[t] + 1]):
             s += vals[k] * vals[k]
-        qd[i] = s * scale * scale + bias * bias
+        qd[t] = s * scale * scale + bias * bias + diag[t]
     index = np.arange(n)
     active = n
     pg_max_old, pg_min_old = np.inf, -np.inf
@@ -119,20 +133,21 @@ def dcd_hinge(indptr, cols, vals, y, upper, scale, bias, tol, max_epochs, seed, 
         pg_max, pg_min = -np.inf, np.inf
         s = 0
         while s < active:
-            i = index[s]
+            t = index[s]
+            lo, hi = indptr[rows[t]], indptr[rows[t] + 1]
             dot = 0.0
-            for k in range(indptr[i], indptr[i + 1]):
+            for k in range(lo, hi):
                 dot += vals[k] * w[cols[k]]
-            g = y[i] * (dot * scale + w[D] * bias) - 1.0
+            g = y[t] * (dot * scale + w[D] * bias) - 1.0 + diag[t] * alpha[t]
             pg = 0.0
-            if alpha[i] == 0.0:
+            if alpha[t] == 0.0:
                 if g > pg_max_old:                   # stays at its bound: shrink it
                     active -= 1
                     index[s], index[active] = index[active], index[s]
                     continue
                 if g < 0.0:
                     pg = g
-            elif alpha[i] == upper[i]:
+            elif alpha[t] == upper[t]:
                 if g < pg_min_old:
                     active -= 1
                     index[s], index[active] = index[active], index[s]
@@ -144,11 +159,11 @@ def dcd_hinge(indptr, cols, vals, y, upper, scale, bias, tol, max_epochs, seed, 
             pg_max = max(pg_max, pg)
             pg_min = min(pg_min, pg)
             if abs(pg) > 1e-12:
-                old = alpha[i]
-                alpha[i] = min(max(old - g / qd[i], 0.0), upper[i])
-                d = (alpha[i] - old) * y[i]
+                old = alpha[t]
+                alpha[t] = min(max(old - g / qd[t], 0.0), upper[t])
+                d = (alpha[t] - old) * y[t]
                 ds = d * scale
-                for k in range(indptr[i], indptr[i + 1]):
+                for k in range(lo, hi):
                     w[cols[k]] += ds * vals[k]
                 w[D] += d * bias
             s += 1
@@ -161,6 +176,65 @@ def dcd_hinge(indptr, cols, vals, y, upper, scale, bias, tol, max_epochs, seed, 
         pg_max_old = pg_max if pg_max > 0.0 else np.inf
         pg_min_old = pg_min if pg_min < 0.0 else -np.inf
     return epoch
+
+
+def dense_rows(x, rows=None, transform=None, chunk=64):
+    """SparseRows (columns int32, values float32: 8 bytes a nonzero) of the dense rows
+    x[rows] (all when None), each chunk of rows passed through transform (a function of a
+    (m, D) array) first; built chunk by chunk, so nothing of x's size is allocated besides
+    the result. ValueError names a row (of x) with inf or NaN."""
+    rows = np.arange(len(x)) if rows is None else np.asarray(rows, np.int64)
+    transform = transform or (lambda block: np.asarray(block, np.float32))
+    indptr = np.zeros(len(rows) + 1, np.int64)
+
+    def blocks():
+        for a in range(0, len(rows), chunk):
+            yield a, transform(x[rows[a:a + chunk]])
+
+    for a, block in blocks():
+        bad = ~np.isfinite(block).all(axis=1)
+        if bad.any():
+            raise ValueError(f"SVM training row {int(rows[a + np.flatnonzero(bad)[0]])} has a "
+                             f"non-finite feature")
+        indptr[a + 1:a + 1 + len(block)] = np.count_nonzero(block, axis=1)
+    np.cumsum(indptr, out=indptr)
+    cols, vals = np.empty(indptr[-1], np.int32), np.empty(indptr[-1], np.float32)
+    for a, block in blocks():
+        r, c = np.nonzero(block)                     # row-major: the CSR order
+        lo, hi = indptr[a], indptr[a + len(block)]
+        cols[lo:hi], vals[lo:hi] = c, block[r, c]
+    return SparseRows(indptr, cols, vals, x.shape[1])
+
+
+def linear_svm(csr, y, C, rows=None, pos_weight=1.0, loss="hinge", scale=1.0, bias=1.0,
+               tol=1e-4, max_epochs=20000, seed=0):
+    """(coef (D,) float32, intercept float32, epochs) of the L2-regularized linear SVM
+    (loss "hinge" or "squared_hinge", as LinearSVC's dual solver) on the rows `rows` (all
+    when None) of csr, SparseRows from sparse_rows or dense_rows, times `scale`;
+    labels y (one per training row) in {0, 1} or booleans; cost C for label 0 and
+    C x pos_weight for label 1; the bias as one more feature of value `bias`."""
+    indptr, cols, vals = csr.indptr, csr.cols, csr.vals
+    n_all = len(indptr) - 1
+    rows = np.arange(n_all) if rows is None else np.asarray(rows, np.int64)
+    y = np.asarray(y)
+    if y.shape != rows.shape:
+        raise ValueError(f"{len(rows)} rows but {y.shape} labels")
+    if len(rows) and (rows.min() < 0 or rows.max() >= n_all):
+        raise ValueError(f"row indices must lie in [0, {n_all})")
+    if not (np.isfinite(C) and C > 0 and np.isfinite(pos_weight) and pos_weight > 0):
+        raise ValueError(f"C and pos_weight must be positive, got {C} and {pos_weight}")
+    if loss not in ("hinge", "squared_hinge"):
+        raise ValueError(f"loss must be 'hinge' or 'squared_hinge', got {loss!r}")
+    sign = np.where(y.astype(bool), 1.0, -1.0)
+    cost = np.where(sign > 0, C * pos_weight, C).astype(np.float64)
+    if loss == "hinge":
+        upper, diag = cost, np.zeros(len(rows))
+    else:
+        upper, diag = np.full(len(rows), np.inf), 0.5 / cost
+    w, alpha = np.zeros(csr.dim + 1), np.zeros(len(rows))
+    epochs = dual_cd(indptr, cols, vals, rows, sign, upper, diag, float(scale), float(bias),
+                     float(tol), int(max_epochs), int(seed), w, alpha)
+    return w[:-1].astype(np.float32), np.float32(w[-1] * bias), int(epochs)
 
 
 def hinge_svm(blocks, y, C, pos_weight=1.0, scale=1.0, bias=10.0, tol=1e-4, max_epochs=20000,
@@ -178,16 +252,7 @@ def hinge_svm(blocks, y, C, pos_weight=1.0, scale=1.0, bias=10.0, tol=1e-4, max_
             raise TypeError(f"hinge_svm takes float16 blocks of (n, D) rows, got {b.dtype} {b.shape}")
     if D > 2 ** 16:
         raise ValueError(f"hinge_svm takes at most 65,536 features, got {D}")
-    n = sum(len(b) for b in blocks)
-    y = np.asarray(y)
-    if y.shape != (n,):
-        raise ValueError(f"{n} rows but {y.shape} labels")
-    if not (np.isfinite(C) and C > 0 and np.isfinite(pos_weight) and pos_weight > 0):
-        raise ValueError(f"C and pos_weight must be positive, got {C} and {pos_weight}")
-    sign = np.where(y.astype(bool), 1.0, -1.0)
-    upper = np.where(sign > 0, C * pos_weight, C).astype(np.float64)
-    indptr, cols, vals = sparse_rows(*blocks)
-    w, alpha = np.zeros(D + 1), np.zeros(n)
-    epochs = dcd_hinge(indptr, cols, vals, sign, upper, float(scale), float(bias), float(tol),
-                       int(max_epochs), int(seed), w, alpha)
-    return w[:D].astype(np.float32), np.float32(w[D] * bias), int(epochs)
+    if np.shape(y) != (sum(len(b) for b in blocks),):         # before the rows are read
+        raise ValueError(f"{sum(len(b) for b in blocks)} rows but {np.shape(y)} labels")
+    return linear_svm(sparse_rows(*blocks), y, C, None, pos_weight, "hinge", scale, bias, tol,
+                      max_epochs, seed)
