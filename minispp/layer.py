@@ -168,6 +168,13 @@ class Layer:
         dx = self._body("backward", dy)(dy, propagate_down)
         return dx if propagate_down else None
 
+    def release(self):
+        """Drop what the last forward kept for a backward (saved values, retained inputs);
+        a backward then raises as before any forward."""
+        self.saved.clear()
+        self._retained = None
+        self._forward_train = None
+
     def check_dy(self, dy):
         """dy must have the output's shape (a loss layer takes a scalar, default 1.0)."""
         if self.out_shape == ():

@@ -414,6 +414,28 @@ def test_test_time_forwards_over_many_sizes_keep_memory_bounded():
         gc.enable()
 
 
+def test_release_drops_every_activation_a_test_forward_kept_and_conv5_maps_release():
+    """A test-time forward retains each lean and max-type layer's input (for a later
+    backward); Net.release drops them, and the full-image paths (conv5_maps for detection)
+    release the cached trunk, so a model's cached instances hold no activations."""
+    from train.detection.windows import conv5_maps
+    model = build("small", num_classes=3, spp=(2, 1), rng=np.random.default_rng(0))
+    x = np.random.default_rng(1).standard_normal((1, 3, 40, 44)).astype(np.float32)
+    net = model.trunk((40, 44))
+    net.forward(x, train=False)
+    assert sum(layer._retained is not None for layer in net.layers) >= 3
+    net.release()
+    assert all(layer._retained is None and all(v is None for v in layer.saved._values.values())
+               for layer in net.layers)
+    with pytest.raises(RuntimeError, match="backward called before forward"):
+        net.layers[-1].backward(np.zeros(net.out_shape, np.float32))
+    img = (np.random.default_rng(2).random((30, 36, 3)) * 255).astype(np.uint8)
+    maps = conv5_maps(model, img, (48, 56), np.float32(120.0), 1 / 60)
+    assert set(maps) == {48, 56}
+    for key, inst in model._instances.items():
+        assert all(layer._retained is None for layer in inst.layers), key
+
+
 @pytest.mark.parametrize("make", [lambda: __import__("layers").Conv(out_channels=4, kernel=3, pad=1),
                                   lambda: __import__("layers").LRN(),
                                   lambda: __import__("layers").ReLU()], ids=["conv", "lrn", "relu"])

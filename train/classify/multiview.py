@@ -150,7 +150,9 @@ class FeatureMapViews:
                 im = flip(resized[s]) if flipped else resized[s]
                 x = to_input(im, self.mean, self.pixel_scale)[None]
                 # a copy: the mirror image's map comes from the same trunk instance
-                maps[(s, flipped)] = self.model.trunk(x.shape[2:]).forward(x).copy()
+                trunk = self.model.trunk(x.shape[2:])
+                maps[(s, flipped)] = trunk.forward(x).copy()
+                trunk.release()                  # keeps no activations between views
             pooled.append(self._pool(maps[(s, flipped)], cells))
         head = self.model.instance(1)
         scores = head.forward(np.concatenate(pooled), start=self.head_start, train=False)

@@ -115,9 +115,11 @@ def filter_responses(model, images, layer="conv5", filters=None, scale=DEFAULT_S
     for _, img in images:
         im = resize_min_side(img, scale) if scale else img
         x = to_input(im, mean, pixel_scale)[None]
-        out = model.trunk(x.shape[2:]).outputs(x, [layer])[layer]
+        trunk = model.trunk(x.shape[2:])
+        out = trunk.outputs(x, [layer])[layer]
         resized.append(im)
         full_maps.append(np.array(out[0], dtype=np.float32))
+        trunk.release()
     C = full_maps[0].shape[0]
     peaks = np.stack([m.reshape(C, -1).max(axis=1) for m in full_maps])      # (images, C)
     if filters is None:

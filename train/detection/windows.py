@@ -58,7 +58,9 @@ def conv5_maps(model, img, scales, mean, pixel_scale):
     maps = {}
     for s in scales:
         x = to_input(resize_min_side(img, s), mean, pixel_scale)[None]
-        maps[s] = model.trunk(x.shape[2:]).forward(x).copy()
+        trunk = model.trunk(x.shape[2:])
+        maps[s] = trunk.forward(x).copy()
+        trunk.release()              # the cached instance keeps no activations
     return maps
 
 
