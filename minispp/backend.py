@@ -5,8 +5,9 @@ deep inside an op: a layer runs its GPU body when it is handed a device array. W
 are *created* (parameters, batches) is a choice made once, by the caller: ``model.to("gpu")``,
 ``nets.build(..., device="gpu")``, ``--device gpu`` on the command line (``gpu_module()``
 raises ``GPUUnavailable``, one line, where CuPy or a GPU is missing). ``MINISPP_DEVICE=cpu|gpu``
-is the default of that choice for code that asks ``default_module()``; it falls back to the
-CPU, so importing minispp or running its tests never needs a GPU.
+is the default of that choice for code that asks ``default_module()``; in library code it
+falls back to the CPU with a warning, so importing minispp or running its tests never needs
+a GPU, and a command refuses it in one line as it refuses ``--device gpu``.
 
 The simulated device. On a machine without a GPU, the GPU bodies are still run: Numba's CUDA
 simulator (NUMBA_ENABLE_CUDASIM=1) executes the numba.cuda kernels on NumPy arrays, and
@@ -69,7 +70,21 @@ def device():
     wanted = os.environ.get("MINISPP_DEVICE", "cpu").lower()
     if wanted not in DEVICES:
         raise ValueError(f"MINISPP_DEVICE must be 'cpu' or 'gpu', got {wanted!r}")
+    if wanted == "gpu" and not _GPU and not _WARNED:
+        _warn_fallback()
     return "gpu" if wanted == "gpu" and _GPU else "cpu"
+
+
+_WARNED = False
+
+
+def _warn_fallback():
+    """Say once that MINISPP_DEVICE=gpu fell back to the CPU (the commands refuse it)."""
+    global _WARNED
+    _WARNED = True
+    import warnings
+    warnings.warn(f"MINISPP_DEVICE=gpu, but {_GPU_PROBLEM}: new arrays go to the CPU",
+                  RuntimeWarning, stacklevel=3)
 
 
 def default_module():

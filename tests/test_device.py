@@ -1,5 +1,7 @@
 """Device as a choice (README, "The GPU path"): --device on every command that runs a net,
 and `gpu` refused in one line where CuPy or a GPU is missing, before any work."""
+import warnings
+
 import numpy as np
 import pytest
 
@@ -39,6 +41,24 @@ def test_device_gpu_without_a_gpu_is_one_line_before_any_work(command, tmp_path,
     assert len(err) == 1 and err[0].startswith("error: --device gpu: CuPy is not installed"), err
     assert list(tmp_path.iterdir()) == []            # no --out folder made
     assert backend.device() == "cpu"
+
+
+@pytest.mark.skipif(backend.gpu_available(), reason="this machine has a GPU")
+def test_minispp_device_gpu_is_refused_by_a_command_and_warned_of_by_the_library(tmp_path, capsys,
+                                                                                 monkeypatch):
+    monkeypatch.setattr(backend, "_CHOSEN", None)          # restored after the test
+    monkeypatch.setenv("MINISPP_DEVICE", "gpu")
+    assert main(argv("detect-train", tmp_path)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: MINISPP_DEVICE=gpu: CuPy is not installed"), err
+    with warnings.catch_warnings():         # the library's fallback warning, before --device
+        warnings.simplefilter("ignore", RuntimeWarning)
+        assert main(argv("detect-train", tmp_path, "--device", "cpu")) == 2     # --device wins:
+    assert "MINISPP_DEVICE" not in capsys.readouterr().err                  # (fails later, on 'nowhere')
+    monkeypatch.setattr(backend, "_WARNED", False)
+    backend._CHOSEN = None
+    with pytest.warns(RuntimeWarning, match="MINISPP_DEVICE=gpu, but CuPy is not installed"):
+        assert backend.device() == "cpu"
 
 
 def test_device_choice_places_new_models():

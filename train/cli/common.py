@@ -63,9 +63,15 @@ def check_outputs(a):
     """Refuse an --out folder or a --json file that cannot be written, or --device gpu where
     CuPy or a GPU is missing, before the command runs (train, embedded ... would otherwise
     fail after their work, or leave half a run behind); then place the models on --device."""
-    if getattr(a, "device", None) is not None:
+    if hasattr(a, "device"):
         from minispp import backend         # (imports CuPy where it is installed)
-        backend.use_device(a.device)        # GPUUnavailable: a ValueError of one line
+        if a.device is not None:
+            backend.use_device(a.device)    # GPUUnavailable: a ValueError of one line
+        elif os.environ.get("MINISPP_DEVICE", "").lower() == "gpu":
+            try:                            # the environment's choice, asked as plainly
+                backend.use_device("gpu")
+            except backend.GPUUnavailable as err:
+                raise backend.GPUUnavailable(str(err).replace("--device gpu", "MINISPP_DEVICE=gpu", 1)) from None
     if a.command in OUT_FOLDERS:
         writable_dir(a.out, "--out")
     if getattr(a, "json", None):
