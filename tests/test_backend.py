@@ -15,7 +15,12 @@ def test_device_defaults_to_cpu_and_gpu_falls_back_without_one(monkeypatch):
     monkeypatch.delenv("MINISPP_DEVICE", raising=False)
     assert backend.device() == "cpu" and backend.default_module() is np
     monkeypatch.setenv("MINISPP_DEVICE", "gpu")
-    assert backend.device() == ("gpu" if backend.gpu_available() else "cpu")
+    monkeypatch.setattr(backend, "_WARNED", False)
+    if backend.gpu_available():
+        assert backend.device() == "gpu"
+    else:
+        with pytest.warns(RuntimeWarning, match="new arrays go to the CPU"):
+            assert backend.device() == "cpu"
     monkeypatch.setenv("MINISPP_DEVICE", "tpu")
     with pytest.raises(ValueError, match="'tpu'"):
         backend.device()

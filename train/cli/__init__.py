@@ -33,7 +33,7 @@ import argparse  # noqa: E402
 import sys  # noqa: E402
 
 from train.cli import classify, detection, features  # noqa: E402
-from train.cli.common import check_outputs, error_line, tolerant_output  # noqa: E402
+from train.cli.common import check_outputs, chosen_device, error_line, tolerant_output  # noqa: E402
 
 PIPELINES = (classify, features, detection)
 # the commands that split their work over MPI ranks (README, "Beyond one machine")
@@ -64,8 +64,7 @@ def main(argv=None):
     from minispp import distributed
     from train.classify.trainer import TrainingStopped
     try:
-        comm = distributed.init(getattr(a, "distributed", False) or None,
-                                getattr(a, "device", None))
+        comm = distributed.init(getattr(a, "distributed", False) or None, chosen_device(a))
     except ValueError as err:
         print(f"error: {error_line(err)}", file=sys.stderr)
         return 2

@@ -67,7 +67,7 @@ def check_outputs(a):
         from minispp import backend         # (imports CuPy where it is installed)
         if a.device is not None:
             backend.use_device(a.device)    # GPUUnavailable: a ValueError of one line
-        elif os.environ.get("MINISPP_DEVICE", "").lower() == "gpu":
+        elif chosen_device(a) == "gpu":
             try:                            # the environment's choice, asked as plainly
                 backend.use_device("gpu")
             except backend.GPUUnavailable as err:
@@ -76,6 +76,17 @@ def check_outputs(a):
         writable_dir(a.out, "--out")
     if getattr(a, "json", None):
         writable_file(a.json, "--json")
+
+
+def chosen_device(a):
+    """The device a command asks for: --device, else "gpu" where MINISPP_DEVICE=gpu (a
+    command refuses it without a GPU, see check_outputs), else None (the CPU); "cpu" for a
+    command that runs no net."""
+    if not hasattr(a, "device"):
+        return "cpu"
+    if a.device is not None:
+        return a.device
+    return "gpu" if os.environ.get("MINISPP_DEVICE", "").lower() == "gpu" else None
 
 
 def _escape(err):
