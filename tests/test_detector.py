@@ -430,7 +430,8 @@ def test_streaming_svms_are_the_in_memory_svms(ckpt, voc, tmp_path):
     W0, b0 = train_svms_in_memory(det, images, conv, ref_log.append, progress=False)
     scale0 = det.svm_scale
     counting = _CountingCache(conv)
-    W, b = train_svms(det, images, counting, log.append, progress=False)
+    W, b = train_svms(det, images, counting, log.append, progress=False, scratch=tmp_path / "scratch")
+    assert list((tmp_path / "scratch").iterdir()) == []               # the scratch files are gone
     np.testing.assert_allclose(W, W0, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(b, b0, rtol=1e-6, atol=1e-6)
     assert det.svm_scale == scale0 and sorted(log) == sorted(ref_log)
@@ -451,6 +452,28 @@ def test_streaming_svms_are_the_in_memory_svms(ckpt, voc, tmp_path):
     for other in (negative_keys(0, 2, 3, np.arange(5)), negative_keys(1, 1, 3, np.arange(5)),
                   negative_keys(1, 2, 4, np.arange(5))):
         assert not np.isin(k, other).any()
+
+
+def test_svm_caches_wait_on_disk_and_come_back_exactly(tmp_path):
+    """A class's cache of negatives keeps its features in a scratch file, not in memory (so
+    the SVM stage holds one class's cache at a time), and gives back exactly the rows it
+    kept, in (image, row) order; the file is removed."""
+    from train.detection.svms import _Pool
+    rng = np.random.default_rng(0)
+    pool, offered = _Pool(cap=70, dim=16, folder=tmp_path), {}
+    for j in range(6):
+        feats = rng.standard_normal((40, 16)).astype(np.float16)
+        rows = np.sort(rng.choice(40, 25, replace=False))
+        rank = rng.random(25)
+        pool.add(j, rows, rank, feats)
+        offered.update({(j, int(r)): (k, feats[r]) for r, k in zip(rows, rank)})
+        assert all(a.dtype != np.float16 for part in pool.parts for a in part)    # indices only
+        assert len(list(tmp_path.iterdir())) == 1
+    j, r, f = pool.result()
+    best = sorted(offered, key=lambda key: (offered[key][0], key))[:70]
+    assert sorted(zip(j.tolist(), r.tolist())) == sorted(best) == list(zip(j.tolist(), r.tolist()))
+    assert np.array_equal(f, np.stack([offered[(a, b)][1] for a, b in zip(j.tolist(), r.tolist())]))
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_streaming_box_regression_is_ridge_on_the_stacked_rows(ckpt, voc, tmp_path, monkeypatch):

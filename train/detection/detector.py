@@ -284,7 +284,7 @@ def train_detector(voc, checkpoint, out, split="trainval", limit=None, progress=
         peak_mb[f"conv5 {scales_key(scales)}"] = peak_rss_mb()
         log(f"SVMs and box regressors on features at {scales_key(scales)}:")
         t = time.perf_counter()
-        train_svms(det, images, maps, log, progress)
+        train_svms(det, images, maps, log, progress, scratch=os.path.join(out, "svm-scratch"))
         calibrate_svms(det, images, maps, log, progress)
         times["svms"] += time.perf_counter() - t
         peak_mb[f"svms {scales_key(scales)}"] = peak_rss_mb()

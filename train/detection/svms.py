@@ -5,9 +5,12 @@ Both stream over the training images, so that their memory is set by settings, n
 number of images (docs/design.md, "Feature caches": the conv5 maps are cached per image).
 
 SVMs (``train_svms``), as R-CNN trained them: the positives (the ground-truth boxes of each
-class) and each class's current cache of negatives are in memory; the features of every
-other window are recomputed image by image from the conv5 cache (pool, then fc7), one
-image at a time. One pass over the images gathers the positives and the initial random
+class) are in memory; each class's current cache of negatives waits in a scratch file (its
+float16 features; the windows' indices and ranks in memory), and is read into memory only
+to fit that class, one class at a time, so the stage's memory does not grow with the
+caches (at most 1.25 x ``svm_cache_windows`` x 8 KB for one class's fit); the features of
+every other window are recomputed image by image from the conv5 cache (pool, then fc7),
+one image at a time. One pass over the images gathers the positives and the initial random
 negatives of every class; each hard-negative round is one more pass, scoring every window
 of an image for every class at once. The cost is (1 + hard_rounds) x images, and the cache
 of a class never holds more than ``svm_cache_windows`` negatives: when the hard negatives
@@ -30,6 +33,8 @@ rows than features). The statistics of the classes are held together as far as
 ``bbox_stats_mb`` allows (X^T X is D x D float64: 1.25 GiB for ZF-5's pool5, D = 12,800),
 one pass over the images per group of classes.
 """
+import os
+import tempfile
 import warnings
 
 import numpy as np
@@ -144,13 +149,47 @@ def _round_line(det, c, rnd, found, cached, total, cap):
             f"(of {total}){full}")
 
 
+class _RowFile:
+    """float16 rows of one width appended to a scratch file in `folder` and read back by
+    index; the file is removed by close()."""
+
+    def __init__(self, folder, dim):
+        fd, self.path = tempfile.mkstemp(prefix="svm-cache-", suffix=".f16", dir=folder)
+        self.fh, self.dim, self.n = os.fdopen(fd, "w+b"), dim, 0
+
+    def append(self, rows):
+        """Write rows (m, dim); returns their indices in the file."""
+        rows = np.ascontiguousarray(rows, dtype=np.float16)
+        self.fh.write(rows.tobytes())
+        self.n += len(rows)
+        return np.arange(self.n - len(rows), self.n)
+
+    def read(self, index):
+        """The rows at `index`, in that order (only their pages of the file are touched)."""
+        if len(index) == 0:
+            return np.zeros((0, self.dim), np.float16)
+        self.fh.flush()
+        mapped = np.memmap(self.path, dtype=np.float16, mode="r", shape=(self.n, self.dim))
+        try:
+            return np.array(mapped[np.asarray(index)])
+        finally:
+            del mapped
+
+    def close(self):
+        self.fh.close()
+        os.remove(self.path)
+
+
 class _Pool:
     """The windows of one class with the lowest ranks (ties: lower image index, then lower
-    window index), at most `cap` of them, with their float16 features. Windows are offered
-    image by image; between trims it holds at most cap + slack (slack = cap / 4)."""
+    window index), at most `cap` of them. Windows are offered image by image; their float16
+    features go to a scratch file (_RowFile) and only their image, window, rank and place in
+    the file stay in memory (32 bytes a window), so the SVM stage holds one class's features
+    at a time, when it fits that class (result), whatever the caches' sizes."""
 
-    def __init__(self, cap, dim):
+    def __init__(self, cap, dim, folder):
         self.cap, self.dim, self.slack = cap, dim, max(cap // 4, 64)
+        self.file = _RowFile(folder, dim)
         self.parts, self.n, self.worst = [], 0, None
 
     def add(self, j, rows, rank, feats):
@@ -160,106 +199,126 @@ class _Pool:
             rows, rank = rows[keep], rank[keep]
         if rows.size == 0:
             return
-        self.parts.append((np.full(len(rows), j, np.int64), rows, rank, feats[rows]))
+        self.parts.append((np.full(len(rows), j, np.int64), rows, rank, self.file.append(feats[rows])))
         self.n += len(rows)
         if self.n > self.cap + self.slack:
             self._trim()
 
     def _trim(self):
-        j, r, rank, f = (np.concatenate(a) for a in zip(*self.parts))
+        j, r, rank, at = (np.concatenate(a) for a in zip(*self.parts))
         best = np.lexsort((r, j, rank))[:self.cap]
-        self.parts, self.n = [(j[best], r[best], rank[best], f[best])], len(best)
+        self.parts, self.n = [(j[best], r[best], rank[best], at[best])], len(best)
         if self.n == self.cap:
             self.worst = rank[best[-1]]
 
     def result(self):
         """(image index, window row, features) of the kept windows, in (image, row) order;
-        the pool is emptied (its memory passes to the result)."""
-        if not self.parts:
-            return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, self.dim), np.float16)
-        if self.n > self.cap or len(self.parts) > 1:
-            self._trim()
-        (j, r, _, f), = self.parts
-        self.parts, self.n, self.worst = [], 0, None
-        order = np.lexsort((r, j))
-        return j[order], r[order], f[order]
+        the pool and its file are closed."""
+        try:
+            if not self.parts:
+                return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, self.dim), np.float16)
+            if self.n > self.cap or len(self.parts) > 1:
+                self._trim()
+            (j, r, _, at), = self.parts
+            order = np.lexsort((r, j))
+            return j[order], r[order], self.file.read(at[order])
+        finally:
+            self.close()
+
+    def close(self):
+        if self.file is not None:
+            self.file.close()
+            self.file, self.parts = None, []
 
 
 # ---- 4. SVMs ------------------------------------------------------------------------------------
 
-def train_svms(det, images, conv, log=print, progress=True):
+def train_svms(det, images, conv, log=print, progress=True, scratch=None):
     """One linear SVM per class with hard negative mining, streaming over the images (see the
-    module's docstring); sets det.svm_w (K, D), det.svm_b (K,) and det.svm_scale. Holds the
-    positives and at most svm_cache_windows x 1.25 negatives per class in memory, float16."""
+    module's docstring); sets det.svm_w (K, D), det.svm_b (K,) and det.svm_scale. The
+    negatives' features wait in scratch files (in folder `scratch`, a temporary folder when
+    None; at most (1.25 x svm_cache_windows + one round's offers) x 8 KB a class on disk),
+    and memory holds the positives and one class's cache at a time, when it is fitted."""
+    if scratch is None:
+        with tempfile.TemporaryDirectory(prefix="minispp-svm-") as tmp:
+            return train_svms(det, images, conv, log, progress, tmp)
+    os.makedirs(scratch, exist_ok=True)
     cfg, K = det.config, len(det.classes)
     cap, n_init = _cache_cap(cfg)
     C = _svm_C(det, len(images))
     D = det.feature_dim if cfg["svm_feature"] == "fc7" else det.pool_dim
     rules = (cfg["svm_neg_iou"], cfg["svm_neg_neg"])
     seed = cfg["seed"] + 1
-    # pass 1: positives, each image's mean feature norm, the initial random negatives
-    pos = [[] for _ in range(K)]
-    init = [_Pool(n_init, D) for _ in range(K)]
-    n_neg, norms = np.zeros(K, np.int64), []
-    for j, im in enumerate(tqdm(images, desc=f"{cfg['svm_feature']} features for the SVMs",
-                                unit="img", disable=not progress)):
-        f = _window_features(det, conv, im)
-        if len(f):
-            norms.append(_mean_norm(f))
-        gt = f[:len(im.gt_boxes)]
-        for c in range(K):
-            if (im.gt_classes == c).any():
-                pos[c].append(gt[im.gt_classes == c])
-            negs = svm_negatives(im, c, *rules)
-            n_neg[c] += len(negs)
-            init[c].add(j, negs, negative_keys(seed, c, j, negs), f)
-        del f, gt
-    det.svm_scale = _svm_scale(det, norms)
-    W, b = np.zeros((K, D), np.float32), np.zeros(K, np.float32)
-    pos = [np.concatenate(p) if p else np.zeros((0, D), np.float16) for p in pos]
-    cache, active = {}, []
-    for c in range(K):
-        if len(pos[c]) == 0 or n_neg[c] == 0:
-            log(f"  {det.classes[c]}: {len(pos[c])} positives, {n_neg[c]} negatives: no SVM")
-            W[c], b[c] = 0, -1e3
-            continue
-        cache[c] = init[c].result()
-        W[c], b[c] = _fit(det, pos[c], cache[c][2], C)
-        active.append(c)
-    del init
-    # hard negative mining: one pass per round for all classes still finding some
-    for rnd in range(cfg["hard_rounds"]):
-        if not active:
-            break
-        old = {c: cache[c][:2] for c in active}         # (image, row) of each cached negative
-        cache = {}                                      # the features come back with their images
-        pools = {c: _Pool(cap, D) for c in active}
-        found, total = np.zeros(K, np.int64), np.zeros(K, np.int64)
-        for j, im in enumerate(tqdm(images, desc=f"hard negatives, round {rnd + 1}", unit="img",
-                                    disable=not progress)):
+    pools = {}
+    try:
+        # pass 1: positives, each image's mean feature norm, the initial random negatives
+        pos = [[] for _ in range(K)]
+        pools = {c: _Pool(n_init, D, scratch) for c in range(K)}
+        n_neg, norms = np.zeros(K, np.int64), []
+        for j, im in enumerate(tqdm(images, desc=f"{cfg['svm_feature']} features for the SVMs",
+                                    unit="img", disable=not progress)):
             f = _window_features(det, conv, im)
-            s = _scores(f, det.svm_scale, W, b)
-            for c in active:
+            if len(f):
+                norms.append(_mean_norm(f))
+            gt = f[:len(im.gt_boxes)]
+            for c in range(K):
+                if (im.gt_classes == c).any():
+                    pos[c].append(gt[im.gt_classes == c])
                 negs = svm_negatives(im, c, *rules)
-                total[c] += len(negs)
-                oj, orow = old[c]
-                lo, hi = np.searchsorted(oj, [j, j + 1])
-                cached = np.isin(negs, orow[lo:hi])
-                hard = (s[negs, c] > cfg["hard_threshold"]) & ~cached
-                found[c] += int(hard.sum())
-                keep = negs[cached | hard]               # the cache and the new hard negatives
-                pools[c].add(j, keep, -s[keep, c].astype(np.float64), f)
-            del f, s
-        still = []
-        for c in active:
-            log(_round_line(det, c, rnd, found[c], len(old[c][0]), total[c], cap))
-            if found[c] == 0:
+                n_neg[c] += len(negs)
+                pools[c].add(j, negs, negative_keys(seed, c, j, negs), f)
+            del f, gt
+        det.svm_scale = _svm_scale(det, norms)
+        W, b = np.zeros((K, D), np.float32), np.zeros(K, np.float32)
+        pos = [np.concatenate(p) if p else np.zeros((0, D), np.float16) for p in pos]
+        cache, active = {}, []                  # cache: (image, row) of each class's negatives
+        for c in range(K):
+            if len(pos[c]) == 0 or n_neg[c] == 0:
+                pools.pop(c).close()
+                log(f"  {det.classes[c]}: {len(pos[c])} positives, {n_neg[c]} negatives: no SVM")
+                W[c], b[c] = 0, -1e3
                 continue
-            cache[c] = pools[c].result()
-            W[c], b[c] = _fit(det, pos[c], cache[c][2], C)
-            still.append(c)
-        active = still
-        del pools
+            jc, rc, fc = pools.pop(c).result()
+            W[c], b[c] = _fit(det, pos[c], fc, C)
+            cache[c] = (jc, rc)
+            active.append(c)
+            del fc
+        # hard negative mining: one pass per round for all classes still finding some
+        for rnd in range(cfg["hard_rounds"]):
+            if not active:
+                break
+            pools = {c: _Pool(cap, D, scratch) for c in active}
+            found, total = np.zeros(K, np.int64), np.zeros(K, np.int64)
+            for j, im in enumerate(tqdm(images, desc=f"hard negatives, round {rnd + 1}", unit="img",
+                                        disable=not progress)):
+                f = _window_features(det, conv, im)
+                s = _scores(f, det.svm_scale, W, b)
+                for c in active:
+                    negs = svm_negatives(im, c, *rules)
+                    total[c] += len(negs)
+                    oj, orow = cache[c]
+                    lo, hi = np.searchsorted(oj, [j, j + 1])
+                    cached = np.isin(negs, orow[lo:hi])
+                    hard = (s[negs, c] > cfg["hard_threshold"]) & ~cached
+                    found[c] += int(hard.sum())
+                    keep = negs[cached | hard]           # the cache and the new hard negatives
+                    pools[c].add(j, keep, -s[keep, c].astype(np.float64), f)
+                del f, s
+            still = []
+            for c in active:
+                log(_round_line(det, c, rnd, found[c], len(cache[c][0]), total[c], cap))
+                if found[c] == 0:
+                    pools.pop(c).close()
+                    continue
+                jc, rc, fc = pools.pop(c).result()
+                W[c], b[c] = _fit(det, pos[c], fc, C)
+                cache[c] = (jc, rc)
+                still.append(c)
+                del fc
+            active = still
+    finally:
+        for pool in pools.values():
+            pool.close()
     det.svm_w, det.svm_b = W, b
     return W, b
 
