@@ -102,6 +102,18 @@ class Params(Mapping):
             if not any(k.startswith(name + ".") for k in self._items):
                 return name
 
+    def release_training_state(self):
+        """Drop the gradients and solver state (a trained model that only runs forward from
+        now on): each gradient becomes a fresh zero array, which takes no memory until a
+        backward writes it, and the solver's buffers (momentum) go."""
+        xp = None
+        for p in self._items.values():
+            if xp is None:
+                from .backend import get_array_module
+                xp = get_array_module(p.value)
+            p.grad = xp.zeros_like(p.value)
+            p.state = {}
+
     def zero_grad(self):
         for p in self._items.values():
             p.grad[...] = 0

@@ -499,11 +499,14 @@ def test_streaming_box_regression_is_ridge_on_the_stacked_rows(ckpt, voc, tmp_pa
             for c in trained}
     # the statistics (X^T X ...) of all classes in one pass, of one class per pass, and the
     # kernel form on the rows of each class
-    for kernel_rows, mb in ((0.0, 4096), (0.0, 1e-3), (1.0, 4096)):
+    # (the kernel form in blocks of 7 rows too; its rows wait on disk in scratch)
+    for kernel_rows, mb, block in ((0.0, 4096, 512), (0.0, 1e-3, 512), (1.0, 4096, 512), (1.0, 4096, 7)):
         monkeypatch.setattr(svms, "KERNEL_ROWS", kernel_rows)
+        monkeypatch.setattr(svms._RidgeStats, "KERNEL_CHUNK", block)
         cfg["bbox_stats_mb"] = mb
         log = []
-        svms.train_box_regressors(det, images, conv, log.append, progress=False)
+        svms.train_box_regressors(det, images, conv, log.append, progress=False, scratch=tmp_path / "s")
+        assert list((tmp_path / "s").iterdir()) == []
         assert det.bbox_scale == pytest.approx(scale, rel=1e-6)
         assert f"{1 if mb > 1 else len(trained)} pass(es)" in log[-1]
         for c in range(K):

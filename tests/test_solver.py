@@ -24,6 +24,23 @@ def test_sgd_step_matches_the_formula():
     np.testing.assert_allclose(w.state["momentum"], v2)
 
 
+def test_release_training_state_drops_gradients_and_momentum_and_keeps_values():
+    params = Params(np.float32)
+    w = params.get_or_create("fc.W", (1000,), lambda s: np.ones(s, np.float32))
+    sgd = SGD(params, lr=0.1, momentum=0.9, weight_decay=0.0)
+    w.grad[...] = 1.0
+    sgd.step()
+    old_grad, value = w.grad, w.value.copy()
+    assert "momentum" in w.state
+    params.release_training_state()
+    assert w.state == {} and w.grad is not old_grad and not w.grad.any()
+    assert w.grad.shape == w.value.shape and w.grad.dtype == w.value.dtype
+    np.testing.assert_array_equal(w.value, value)
+    w.grad[...] = 1.0                        # training can start again, momentum from zero
+    sgd.step()
+    np.testing.assert_allclose(w.value, value - 0.1)
+
+
 def test_sgd_rejects_bad_settings():
     with pytest.raises(ValueError, match="lr > 0"):
         SGD(Params(), lr=0)

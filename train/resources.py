@@ -11,3 +11,18 @@ def peak_rss_mb(children=False):
     who = resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF
     peak = resource.getrusage(who).ru_maxrss
     return peak / (2 ** 20 if sys.platform == "darwin" else 1024)
+
+
+def return_free_memory():
+    """Give freed heap memory back to the system (a collection, then glibc's malloc_trim
+    where there is one): after a stage that freed many mid-sized arrays (fine-tuning's
+    pooled windows), the C heap otherwise keeps those pages resident."""
+    import ctypes
+    import ctypes.util
+    import gc
+    gc.collect()
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):     # not glibc: nothing to do
+        pass

@@ -38,7 +38,7 @@ from minispp.geometry import spp_output_length
 from nets.specs import Spec
 from train.detection.calibration import calibrate_svms
 from train.detection.finetune import finetune
-from train.resources import peak_rss_mb
+from train.resources import peak_rss_mb, return_free_memory
 from train.detection.svms import train_box_regressors, train_svms
 from train.detection.windows import (
     FIVE_SCALES,
@@ -270,6 +270,8 @@ def train_detector(voc, checkpoint, out, split="trainval", limit=None, progress=
         log(f"SVM C = 0.001 x 5011 / {len(images)} images = {det.config['svm_C']:.4g}")
     t = time.perf_counter()
     finetune(det, images, conv, log, progress)
+    det.head_params.release_training_state()     # fc6-fc8 only run forward from here on
+    return_free_memory()
     times["finetune"] = time.perf_counter() - t
     peak_mb["finetune"] = peak_rss_mb()
     times["svms"] = times["bbox"] = 0.0
@@ -288,8 +290,9 @@ def train_detector(voc, checkpoint, out, split="trainval", limit=None, progress=
         calibrate_svms(det, images, maps, log, progress)
         times["svms"] += time.perf_counter() - t
         peak_mb[f"svms {scales_key(scales)}"] = peak_rss_mb()
+        return_free_memory()
         t = time.perf_counter()
-        train_box_regressors(det, images, maps, log, progress)
+        train_box_regressors(det, images, maps, log, progress, scratch=os.path.join(out, "svm-scratch"))
         times["bbox"] += time.perf_counter() - t
         peak_mb[f"bbox {scales_key(scales)}"] = peak_rss_mb()
         det.keep_scorer(scales)

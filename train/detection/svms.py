@@ -387,19 +387,64 @@ class _RidgeStats:
     (float16 features, float64 targets) for the kernel form."""
     CHUNK = 1024                 # rows buffered before a rank-k update of X^T X
 
-    def __init__(self, dim, kernel):
+    def __init__(self, dim, kernel, folder=None):
         self.dim, self.kernel = dim, kernel
         self.xs, self.ts, self.buffered = [], [], 0
-        if not kernel:
+        if kernel:                       # the rows wait in a scratch file until solve
+            self.file = _RowFile(folder, dim)
+        else:
             self.n, self.sx, self.st = 0, np.zeros(dim), np.zeros(4)
             self.G, self.B = np.zeros((dim, dim), order="F"), np.zeros((dim, 4))
 
     def add(self, x16, t):
-        self.xs.append(x16)
         self.ts.append(t)
+        if self.kernel:
+            self.file.append(x16)
+            return
+        self.xs.append(x16)
         self.buffered += len(x16)
-        if not self.kernel and self.buffered >= self.CHUNK:
+        if self.buffered >= self.CHUNK:
             self._flush()
+
+    def close(self):
+        """Remove the kernel form's scratch file (done by solve; idempotent)."""
+        if self.kernel and self.file is not None:
+            self.file.close()
+            self.file = None
+
+    KERNEL_CHUNK = 512           # rows of float64 work at a time in the kernel form
+
+    def _solve_kernel(self, alpha, scale):
+        """The kernel form, w = Xc^T (Xc Xc^T + alpha I)^-1 (t - mean t) with Xc the centred
+        rows times scale, from the float16 rows read back from the scratch file (a class's
+        rows in memory in float16, the float64 work 2 x `chunk` rows at a time)."""
+        from scipy.linalg import cho_factor, cho_solve
+        try:
+            x16 = self.file.read(np.arange(self.file.n))
+        finally:
+            self.close()
+        t = np.concatenate(self.ts)
+        n, chunk = len(x16), self.KERNEL_CHUNK
+        starts = range(0, n, chunk)
+
+        def block(a):
+            return x16[a:a + chunk].astype(np.float64) * scale
+
+        mu = sum(block(a).sum(axis=0) for a in starts) / n
+        nu = t.mean(axis=0)
+        k = np.empty((n, n))
+        for a in starts:
+            xa = block(a) - mu
+            for b in starts:
+                if b >= a:
+                    k[a:a + chunk, b:b + chunk] = xa @ (xa if b == a else block(b) - mu).T
+                    k[b:b + chunk, a:a + chunk] = k[a:a + chunk, b:b + chunk].T
+        k.flat[::n + 1] += alpha
+        beta = cho_solve(cho_factor(k, overwrite_a=True, check_finite=False), t - nu)
+        w = np.zeros((self.dim, 4))
+        for a in starts:
+            w += (block(a) - mu).T @ beta[a:a + chunk]
+        return w.T, nu - mu @ w
 
     def _flush(self):
         from scipy.linalg import blas
@@ -419,14 +464,7 @@ class _RidgeStats:
         features times `scale`, the intercept unpenalized (the data centred first)."""
         from scipy.linalg import blas, cho_factor, cho_solve
         if self.kernel:
-            x = np.concatenate(self.xs).astype(np.float64)
-            x *= scale
-            t = np.concatenate(self.ts)
-            mu, nu = x.mean(axis=0), t.mean(axis=0)
-            x -= mu
-            k = x @ x.T
-            k.flat[::len(k) + 1] += alpha
-            w = x.T @ cho_solve(cho_factor(k, overwrite_a=True, check_finite=False), t - nu)
+            return self._solve_kernel(alpha, scale)
         else:
             self._flush()
             n, mu, nu = self.n, self.sx / self.n, self.st / self.n
@@ -446,12 +484,13 @@ KERNEL_ROWS = 0.5          # a class with at most this x D rows is solved in the
 def _bbox_groups(counts, dim, budget):
     """Classes (with at least 2 rows) grouped so that the statistics of a group fit in
     `budget` bytes (a class larger than the budget alone); per class its mode (kernel when
-    it has at most KERNEL_ROWS x dim rows)."""
+    it has at most KERNEL_ROWS x dim rows: its rows wait on disk, 32 bytes of targets a row
+    in memory, and are read back when it is solved, one class at a time)."""
     groups, size = [], budget + 1
     kernel = {}
     for c in np.flatnonzero(counts >= 2):
         kernel[c] = counts[c] <= KERNEL_ROWS * dim
-        need = 2 * counts[c] * dim if kernel[c] else 8 * dim * (dim + _RidgeStats.CHUNK)
+        need = 32 * counts[c] if kernel[c] else 8 * dim * (dim + _RidgeStats.CHUNK)
         if size + need > budget or not groups:
             groups.append([])
             size = 0
@@ -460,12 +499,17 @@ def _bbox_groups(counts, dim, budget):
     return groups, kernel
 
 
-def train_box_regressors(det, images, conv, log=print, progress=True):
+def train_box_regressors(det, images, conv, log=print, progress=True, scratch=None):
     """Per class, ridge regression (lambda = bbox_lambda, an unpenalized intercept) from
     pooled conv5 features (float16, scaled to a mean norm of feature_norm over the first
     2,000 rows) to R-CNN's box targets, on proposals with IoU >= bbox_iou with a box of that
-    class; streamed as the module's docstring says. Sets det.bbox_w (K, 4, D), det.bbox_b
+    class; streamed as the module's docstring says (kernel-form rows in scratch files in
+    folder `scratch`, a temporary folder when None). Sets det.bbox_w (K, 4, D), det.bbox_b
     (K, 4), det.bbox_scale."""
+    if scratch is None:
+        with tempfile.TemporaryDirectory(prefix="minispp-bbox-") as tmp:
+            return train_box_regressors(det, images, conv, log, progress, tmp)
+    os.makedirs(scratch, exist_ok=True)
     cfg, K, D = det.config, len(det.classes), det.pool_dim
     det.bbox_w, det.bbox_b = np.zeros((K, 4, D), np.float32), np.zeros((K, 4), np.float32)
     counts = np.zeros(K, np.int64)
@@ -475,30 +519,41 @@ def train_box_regressors(det, images, conv, log=print, progress=True):
         log("box regression: no proposal overlaps a ground-truth box by the threshold")
         return
     groups, kernel = _bbox_groups(counts, D, cfg["bbox_stats_mb"] * 2 ** 20)
-    norms, n_norms = [], 0                             # of the first 2,000 rows, for the scale
+    norms = []                                         # of the first 2,000 rows, for the scale
     for g, group in enumerate(groups or [[]]):
-        stats = {c: _RidgeStats(D, kernel[c]) for c in group}
-        for im in tqdm(images, desc=f"pool5 features for box regression ({g + 1}/{max(len(groups), 1)})",
-                       unit="img", disable=not progress):
-            rows, cls = _bbox_rows(im, cfg["bbox_iou"])
-            mine = np.isin(cls, group)
-            need = mine | (n_norms < 2000)
-            if not need.any():
-                continue
-            maps, hw = conv.get(im.id, lambda: None)
-            x = det.pooler(maps, im.windows[rows[need]], hw).astype(np.float16)
-            if n_norms < 2000:
-                norms.append(np.linalg.norm(x[:2000 - n_norms].astype(np.float32), axis=1))
-                n_norms += len(norms[-1])
-            x, r, cl = x[mine[need]], rows[mine], cls[mine]
-            if len(r) == 0:
-                continue
-            t = regression_targets(im.windows[r], im.gt_boxes[im.match[r, cl]])
-            for c in np.unique(cl):
-                stats[c].add(x[cl == c], t[cl == c])
-        if g == 0:
-            det.bbox_scale = float(cfg["feature_norm"] / max(np.concatenate(norms).mean(), 1e-6))
-        for c in group:
-            det.bbox_w[c], det.bbox_b[c] = stats.pop(c).solve(cfg["bbox_lambda"], det.bbox_scale)
+        stats = {c: _RidgeStats(D, kernel[c], scratch) for c in group}
+        try:
+            _box_rows_pass(det, images, conv, group, stats, norms,
+                           f"pool5 features for box regression ({g + 1}/{max(len(groups), 1)})", progress)
+            if g == 0:
+                det.bbox_scale = float(cfg["feature_norm"] / max(np.concatenate(norms).mean(), 1e-6))
+            for c in group:
+                det.bbox_w[c], det.bbox_b[c] = stats.pop(c).solve(cfg["bbox_lambda"], det.bbox_scale)
+        finally:
+            for st in stats.values():
+                st.close()
     log(f"box regressors trained on {counts.sum()} proposals (IoU >= {cfg['bbox_iou']}), "
         f"{len(groups)} pass(es) over the images")
+
+
+def _box_rows_pass(det, images, conv, group, stats, norms, desc, progress):
+    """One pass over the images: the pooled features and targets of the proposals of the
+    classes in `group` into their stats; the norms of the first 2,000 rows into `norms`."""
+    cfg = det.config
+    for im in tqdm(images, desc=desc, unit="img", disable=not progress):
+        n_norms = sum(len(v) for v in norms)
+        rows, cls = _bbox_rows(im, cfg["bbox_iou"])
+        mine = np.isin(cls, group)
+        need = mine | (n_norms < 2000)
+        if not need.any():
+            continue
+        maps, hw = conv.get(im.id, lambda: None)
+        x = det.pooler(maps, im.windows[rows[need]], hw).astype(np.float16)
+        if n_norms < 2000:
+            norms.append(np.linalg.norm(x[:2000 - n_norms].astype(np.float32), axis=1))
+        x, r, cl = x[mine[need]], rows[mine], cls[mine]
+        if len(r) == 0:
+            continue
+        t = regression_targets(im.windows[r], im.gt_boxes[im.match[r, cl]])
+        for c in np.unique(cl):
+            stats[c].add(x[cl == c], t[cl == c])
