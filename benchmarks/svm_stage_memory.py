@@ -1,0 +1,54 @@
+"""Peak resident memory of the detector's SVM and box-regression stages alone, on the first N
+training images (README, "VOC 2007 at its real size"): run it at two N and compare.
+
+The detector's fc6/fc7 start from the classification net (no fine-tuning, so the stage runs
+at once); proposals and conv5 maps come from DETDIR's caches (computed where missing).
+
+    python benchmarks/svm_stage_memory.py --voc data/embedded-voc --checkpoint runs/zf5/best.h5 \\
+        --work runs/det300 --limit 100
+"""
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import nets  # noqa: E402
+from minispp.data.voc import VOCDataset  # noqa: E402
+from train.detection.detector import Detector, svm_C_for  # noqa: E402
+from train.detection.svms import train_box_regressors, train_svms  # noqa: E402
+from train.detection.windows import prepare_images  # noqa: E402
+from train.resources import peak_rss_mb  # noqa: E402
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--voc", required=True)
+    ap.add_argument("--checkpoint", required=True)
+    ap.add_argument("--work", required=True, help="a DETDIR whose proposal and conv5 caches to use")
+    ap.add_argument("--limit", type=int, required=True)
+    a = ap.parse_args()
+    model = nets.load(a.checkpoint)
+    for p in model.params.values():
+        p.state = {}
+    ds = VOCDataset(a.voc, "trainval")
+    det = Detector(model, ds.classes, {})
+    det.init_head_from_model()
+    images, conv = prepare_images(ds, a.work, det, False, a.limit)
+    det.config["svm_C"] = svm_C_for(len(images))
+    out, log = {"images": len(images), "setup_mib": peak_rss_mb()}, []
+    with tempfile.TemporaryDirectory(dir=a.work, prefix="svm-scratch-") as scratch:
+        t = time.perf_counter()
+        train_svms(det, images, conv, log.append, False, scratch=scratch)
+        out.update(svms_mib=peak_rss_mb(), svms_s=time.perf_counter() - t)
+        t = time.perf_counter()
+        train_box_regressors(det, images, conv, log.append, False, scratch=scratch)
+        out.update(bbox_mib=peak_rss_mb(), bbox_s=time.perf_counter() - t, log=log)
+    print(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
