@@ -233,6 +233,14 @@ class _Pool:
 
 # ---- 4. SVMs ------------------------------------------------------------------------------------
 
+def _fit_from_pool(det, pool, pos16, C):
+    """(w, b, (image, row) of the negatives) of one class's SVM on its positives and the
+    negatives kept by `pool`, read back from its scratch file for this fit only."""
+    j, r, neg16 = pool.result()
+    w, b = _fit(det, pos16, neg16, C)
+    return w, b, (j, r)
+
+
 def train_svms(det, images, conv, log=print, progress=True, scratch=None):
     """One linear SVM per class with hard negative mining, streaming over the images (see the
     module's docstring); sets det.svm_w (K, D), det.svm_b (K,) and det.svm_scale. The
@@ -278,11 +286,8 @@ def train_svms(det, images, conv, log=print, progress=True, scratch=None):
                 log(f"  {det.classes[c]}: {len(pos[c])} positives, {n_neg[c]} negatives: no SVM")
                 W[c], b[c] = 0, -1e3
                 continue
-            jc, rc, fc = pools.pop(c).result()
-            W[c], b[c] = _fit(det, pos[c], fc, C)
-            cache[c] = (jc, rc)
+            W[c], b[c], cache[c] = _fit_from_pool(det, pools.pop(c), pos[c], C)
             active.append(c)
-            del fc
         # hard negative mining: one pass per round for all classes still finding some
         for rnd in range(cfg["hard_rounds"]):
             if not active:
@@ -310,11 +315,8 @@ def train_svms(det, images, conv, log=print, progress=True, scratch=None):
                 if found[c] == 0:
                     pools.pop(c).close()
                     continue
-                jc, rc, fc = pools.pop(c).result()
-                W[c], b[c] = _fit(det, pos[c], fc, C)
-                cache[c] = (jc, rc)
+                W[c], b[c], cache[c] = _fit_from_pool(det, pools.pop(c), pos[c], C)
                 still.append(c)
-                del fc
             active = still
     finally:
         for pool in pools.values():
