@@ -171,7 +171,7 @@ class _RowFile:
         self.fh.flush()
         mapped = np.memmap(self.path, dtype=np.float16, mode="r", shape=(self.n, self.dim))
         try:
-            return np.array(mapped[np.asarray(index)])
+            return np.asarray(mapped[np.asarray(index)])     # fancy indexing copies once
         finally:
             del mapped
 
