@@ -17,7 +17,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from .backend import check_device, to_device
+from .backend import check_device, get_array_module, to_device
 
 
 class Param:
@@ -106,12 +106,8 @@ class Params(Mapping):
         """Drop the gradients and solver state (a trained model that only runs forward from
         now on): each gradient becomes a fresh zero array, which takes no memory until a
         backward writes it, and the solver's buffers (momentum) go."""
-        xp = None
         for p in self._items.values():
-            if xp is None:
-                from .backend import get_array_module
-                xp = get_array_module(p.value)
-            p.grad = xp.zeros_like(p.value)
+            p.grad = get_array_module(p.value).zeros_like(p.value)
             p.state = {}
 
     def zero_grad(self):
