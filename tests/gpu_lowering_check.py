@@ -27,7 +27,7 @@ def signatures(f):
     pass them (Python ints are int64, flags boolean, arrays C-contiguous)."""
     from numba import types
 
-    from minispp.kernels.gpu import im2col, lrn, maxpool, sgd, spp
+    from minispp.kernels.gpu import dropout, im2col, lrn, maxpool, sgd, spp
     i64, i32, b = types.int64, types.int32, types.boolean
 
     def A(dt, nd):
@@ -45,6 +45,7 @@ def signatures(f):
         (im2col._im2col, (A(f, 4),) + (i64,) * 8 + (A(f, 2),)),
         (im2col._col2im, (A(f, 2),) + (i64,) * 8 + (f, A(f, 4))),
         (sgd._sgd_momentum, (A(f, 1),) * 3 + (f, f, f)),
+        (dropout._dropout_mask, (A(types.uint64, 1), types.uint64, f, A(f, 2))),
     ]
 
 
@@ -54,7 +55,11 @@ def main(argv):
     if config.ENABLE_CUDASIM:
         print("run with NUMBA_ENABLE_CUDASIM=0: the simulator has no CUDA front end")
         return 2
+    from numba.cuda import dispatcher
     from numba.cuda.compiler import compile_cuda
+    # a device function (the dropout kernel's Philox rounds) is compiled for the current
+    # device's compute capability: with no device, name the target's
+    dispatcher.get_current_device = lambda: type("Target", (), {"compute_capability": CC})()
     ptx = "--ptx" in argv
     failed = 0
     for f in (types.float32, types.float64):

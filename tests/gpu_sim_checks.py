@@ -29,15 +29,18 @@ if not config.ENABLE_CUDASIM:
                        "set NUMBA_ENABLE_CUDASIM=1 before numba is imported "
                        "(tests/test_gpu_kernels.py does)")
 
+from minispp.kernels.cpu import dropout as cpu_dropout  # noqa: E402
 from minispp.kernels.cpu import im2col as cpu_im2col  # noqa: E402
 from minispp.kernels.cpu import lrn as cpu_lrn  # noqa: E402
 from minispp.kernels.cpu import maxpool as cpu_pool  # noqa: E402
 from minispp.kernels.cpu import spp as cpu_spp  # noqa: E402
+from minispp.kernels.gpu import dropout as gpu_dropout  # noqa: E402
 from minispp.kernels.gpu import im2col as gpu_im2col  # noqa: E402
 from minispp.kernels.gpu import lrn as gpu_lrn  # noqa: E402
 from minispp.kernels.gpu import maxpool as gpu_pool  # noqa: E402
 from minispp.kernels.gpu import spp as gpu_spp  # noqa: E402
 from minispp.kernels.gpu._launch import launch  # noqa: E402
+from minispp.kernels.philox import keep_threshold  # noqa: E402
 from minispp.pyramid import Pyramid  # noqa: E402
 
 DTYPES = (np.float32, np.float64)
@@ -374,6 +377,29 @@ def broken_col2im(col, kh, kw, sh, sw, ph, pw, Ho, Wo, dx):
     gpu_im2col.col2im(c.reshape(col.shape), kh, kw, sh, sw, ph, pw, Ho, Wo, dx)
 
 
+# ---------------------------------------------------------------------------- dropout masks
+
+DROPOUT_CASES = [(3, 10, 0.5), (2, 7, 0.3), (4, 16, 0.0), (1, 5, 0.9)]   # rows, units, ratio
+
+
+def dropout_mismatches(fn, case, dtype, seed=0):
+    """The GPU mask against the CPU kernel's, exactly: the same Philox words, the same rows."""
+    n, d, ratio = case
+    keys = np.random.default_rng(seed).integers(0, 2 ** 64 - 1, n, dtype=np.uint64,
+                                                endpoint=True)
+    scale = np.dtype(dtype).type(1.0 / (1.0 - ratio))
+    want = np.empty((n, d), dtype)
+    cpu_dropout.dropout_mask(keys, keep_threshold(ratio), scale, want)
+    got = np.full_like(want, np.nan)
+    fn(keys, keep_threshold(ratio), scale, got)
+    return diff("mask", got, want)
+
+
+def broken_dropout_mask(keys, threshold, scale, out):
+    """Rows drawn under each other's keys (the keys reversed)."""
+    gpu_dropout.dropout_mask(keys[::-1].copy(), threshold, scale, out)
+
+
 # ---------------------------------------------------------------------------- kernels used
 
 GPU = {
@@ -386,6 +412,7 @@ GPU = {
     "lrn_backward": gpu_lrn.lrn_backward,
     "im2col": gpu_im2col.im2col,
     "col2im": gpu_im2col.col2im,
+    "dropout_mask": gpu_dropout.dropout_mask,
 }
 BROKEN = {
     "maxpool_forward": broken_maxpool_forward,
@@ -397,6 +424,7 @@ BROKEN = {
     "lrn_backward": broken_lrn_backward,
     "im2col": broken_im2col,
     "col2im": broken_col2im,
+    "dropout_mask": broken_dropout_mask,
 }
 for _name in filter(None, os.environ.get("MINISPP_GPU_SIM_BREAK", "").split(",")):
     GPU[_name.strip()] = BROKEN[_name.strip()]     # KeyError names an unknown kernel
@@ -489,6 +517,12 @@ def test_col2im(case, dtype, kind):
     assert not col2im_mismatches(GPU["col2im"], case, dtype, kind)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("case", DROPOUT_CASES, ids=lambda c: "{}x{}-ratio{}".format(*c))
+def test_dropout_mask(case, dtype):
+    assert not dropout_mismatches(GPU["dropout_mask"], case, dtype)
+
+
 def test_spp_cases_exercise_derivation_chains():
     """The SPP cases derive levels from finer ones, through a chain of two in places, so the
     derivation order of the GPU kernel is what the parity checks compare."""
@@ -556,3 +590,7 @@ def test_detects_broken_lrn():
 def test_detects_broken_im2col():
     assert im2col_mismatches(broken_im2col, CONV_CASES[0], np.float32)
     assert col2im_mismatches(broken_col2im, CONV_CASES[0], np.float32, "integer")
+
+
+def test_detects_broken_dropout_mask():
+    assert dropout_mismatches(broken_dropout_mask, DROPOUT_CASES[0], np.float32)

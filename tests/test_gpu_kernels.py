@@ -101,7 +101,7 @@ def test_gpu_modules_import_without_a_device():
     """Importing the GPU kernel modules touches no device: they import on this CPU-only
     machine with the real CUDA target (not the simulator) selected."""
     code = ("import minispp.kernels.gpu.maxpool, minispp.kernels.gpu.spp, "
-            "minispp.kernels.gpu.lrn, minispp.kernels.gpu.im2col\n"
+            "minispp.kernels.gpu.lrn, minispp.kernels.gpu.im2col, minispp.kernels.gpu.dropout\n"
             "from numba.core import config\n"
             "assert not config.ENABLE_CUDASIM\n"
             "print('ok')")
@@ -119,4 +119,4 @@ def test_kernels_lower_for_the_cuda_target():
                           check=False, cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, tail(proc)
-    assert proc.stdout.count("ok ") == 24, tail(proc)
+    assert proc.stdout.count("ok ") == 26, tail(proc)

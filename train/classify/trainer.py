@@ -61,6 +61,9 @@ from train.classify.views import CROP, RESIZE, InputMaker
 MODES = ("single", "multi", "random")
 # how a new run draws its dropout masks (recorded): per image, keyed by its index (Dropout.key_masks)
 PER_IMAGE = "per-image"
+# the generator of a new run's masks (recorded): Philox4x32-10 on the array's device
+# (layers.Dropout.draw_mask); a run recorded without it keeps the host draws it began with
+PHILOX = "philox4x32-10"
 CHECKPOINT = "checkpoint.h5"
 BEST = "best.h5"
 
@@ -217,7 +220,8 @@ class Trainer:
                         "epochs": epochs, "batch": batch, "lr": lr, "momentum": momentum,
                         "weight_decay": weight_decay, "seed": seed, "mean": mean,
                         "patience": patience, "blas_threads": int(settings["blas_threads"]),
-                        "classes": self.train_set.classes, "dropout_masks": PER_IMAGE}
+                        "classes": self.train_set.classes, "dropout_masks": PER_IMAGE,
+                        "dropout_generator": PHILOX}
             self.model = nets.build(net, num_classes=len(self.train_set.classes), spp=spp,
                                     form=form, rng=np.random.default_rng([seed, 0]))
             mean_img, std, vals, vecs = self._statistics(stats_images, seed)
@@ -394,10 +398,13 @@ class Trainer:
 
     def _key_dropout(self, net, epoch, ids):
         """Dropout masks keyed by (seed, epoch, layer, image index) for this batch; a run
-        recorded before per-image masks keeps drawing from the model's Generator."""
+        recorded before per-image masks keeps drawing from the model's Generator, and one
+        recorded before the Philox masks keeps its host draws (Dropout.generator)."""
         per_image = self.cfg.get("dropout_masks") == PER_IMAGE
+        generator = "philox" if self.cfg.get("dropout_generator") == PHILOX else "numpy"
         drops = [layer for layer in net.layers if isinstance(layer, Dropout)]
         for k, layer in enumerate(drops):
+            layer.generator = generator
             layer.key_masks((self.cfg["seed"], 5, epoch, k) if per_image else None, ids)
 
     def _train_epoch(self):
