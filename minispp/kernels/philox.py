@@ -38,6 +38,32 @@ def philox4x32_10(c0, c1, c2, c3, k0, k1):
     return c0, c1, c2, c3
 
 
+def mask_group_for(philox):
+    """The body of both dropout kernels (minispp/kernels/cpu/dropout.py and .../gpu/dropout.py)
+    over `philox`, philox4x32_10 compiled for the kernel's target:
+
+    mask_group(keys, threshold, scale, out, t) writes units 4g..4g+3 of row r of the mask
+    out (N, D), where t = r x groups + g and groups = ceil(D / 4): the 4 words of counter
+    (g, 0, 0, 0) under row r's 64-bit key (low 32 bits first); a unit is scale where its word
+    is >= threshold (kept), else 0."""
+    def mask_group(keys, threshold, scale, out, t):
+        d = out.shape[1]
+        groups = (d + 3) // 4
+        r = t // groups
+        g = t - r * groups
+        key = keys[r]
+        zero = np.uint64(0)
+        words = philox(np.uint64(g), zero, zero, zero, key & LOW32, key >> SHIFT32)
+        for q in range(4):
+            j = 4 * g + q
+            if j < d:
+                if words[q] >= threshold:
+                    out[r, j] = scale
+                else:
+                    out[r, j] = 0
+    return mask_group
+
+
 def keep_threshold(ratio):
     """The uint64 T with which a word w keeps its unit when w >= T: P(keep) = 1 - T / 2**32,
     which is 1 - ratio to within 2**-33."""
