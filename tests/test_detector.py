@@ -439,6 +439,24 @@ def test_streaming_svms_are_the_in_memory_svms(ckpt, voc, tmp_path):
     assert (W0 != 0).any(axis=1).sum() >= 4                         # several classes have SVMs
     # one pass over the images per round for all classes: 6 images x (1 + 2 rounds)
     assert counting.reads == len(images) * 3
+    # the first pass computes the features of the positives, the initial negatives and the
+    # norm sample only: with a sample of 25 windows, far fewer than the images' windows
+    fed = []
+    fc7 = det.fc7
+    det.fc7 = lambda pooled: fed.append(len(pooled)) or fc7(pooled)
+    det.config["svm_norm_windows"] = 25
+    ref_log, log = [], []
+    W0, b0 = train_svms_in_memory(det, images, conv, ref_log.append, progress=False)
+    scale0, windows = det.svm_scale, sum(fed)
+    fed.clear()
+    W, b = train_svms(det, images, conv, log.append, progress=False, scratch=tmp_path / "s25")
+    np.testing.assert_allclose(W, W0, rtol=1e-6, atol=1e-6)
+    assert det.svm_scale == scale0 and sorted(log) == sorted(ref_log)
+    first = sum(fed[:len(images)])            # pass 1's fc7 rows, then the mining rounds'
+    gts = sum(len(im.gt_boxes) for im in images)
+    assert first <= gts + 25 + 20 * len(det.classes) and first < 0.4 * windows, (first, windows)
+    det.fc7 = fc7
+    det.config["svm_norm_windows"] = 10000
     # the comparison can fail: without the 0.7 rule, or with another cap, other SVMs
     det.config["svm_neg_neg"] = 1.0
     W1, _ = train_svms(det, images, conv, log.append, progress=False)
@@ -465,7 +483,7 @@ def test_svm_caches_wait_on_disk_and_come_back_exactly(tmp_path):
         feats = rng.standard_normal((40, 16)).astype(np.float16)
         rows = np.sort(rng.choice(40, 25, replace=False))
         rank = rng.random(25)
-        pool.add(j, rows, rank, feats)
+        pool.add(j, rows, rank, feats[rows])
         offered.update({(j, int(r)): (k, feats[r]) for r, k in zip(rows, rank)})
         assert all(a.dtype != np.float16 for part in pool.parts for a in part)    # indices only
         assert len(list(tmp_path.iterdir())) == 1

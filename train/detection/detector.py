@@ -67,6 +67,9 @@ DEFAULTS = dict(
     ft_pos_per_image=64, ft_neg_per_image=192, pos_iou=0.5, neg_iou_lo=0.1,
     svm_feature="fc7", svm_C=None, svm_pos_weight=2.0, svm_neg_iou=0.3, svm_neg_neg=0.7,
     hard_rounds=1, hard_threshold=-1.0, svm_init_negatives=4000, feature_norm=20.0,
+    # the SVM features are scaled to a mean L2 norm of feature_norm over a uniform sample of
+    # this many windows (train/detection/svms.py, _first_pass_rows)
+    svm_norm_windows=10000,
     # the most negatives a class's SVM cache holds (train/detection/svms.py): the SVMs keep
     # the positives and up to 1.25 x this many windows per class in float16 (8 KB each for
     # fc7, 25 KB for ZF-5's pool5): 20 classes x 25,000 x 8 KB = 4 GB at most for fc7

@@ -10,9 +10,12 @@ float16 features; the windows' indices and ranks in memory), and is read into me
 to fit that class, one class at a time, so the stage's memory does not grow with the
 caches (at most 1.25 x ``svm_cache_windows`` x 8 KB for one class's fit); the features of
 every other window are recomputed image by image from the conv5 cache (pool, then fc7),
-one image at a time. One pass over the images gathers the positives and the initial random
-negatives of every class; each hard-negative round is one more pass, scoring every window
-of an image for every class at once. The cost is (1 + hard_rounds) x images, and the cache
+one image at a time. A pass over the windows' geometry alone picks the initial random
+negatives of every class and a uniform sample of windows for the features' scale; one pass
+over the images then computes the features of those windows and the positives only (at
+1,700 windows an image, about 16 of them on VOC 2007 trainval for 20 classes x 4,000); each
+hard-negative round is one more pass, scoring every window of an image for every class at
+once. The cost is about hard_rounds x images of fc7 passes, and the cache
 of a class never holds more than ``svm_cache_windows`` negatives: when the hard negatives
 found in a round would make it larger, the highest-scoring ``svm_cache_windows`` of the
 cache and the new ones are kept (ties: the earlier image, then the earlier window).
@@ -97,24 +100,84 @@ def _svm_C(det, n_images):
     return svm_C_for(n_images)
 
 
-def _window_features(det, conv, image):
-    """(R, D) float16 SVM features (fc7 or pool5, unscaled) of every window of an image,
-    from its cached conv5 maps; windows on the same conv5 cells are run through fc6 and
-    fc7 once."""
+def _window_features(det, conv, image, rows=None):
+    """(R, D) float16 SVM features (fc7 or pool5, unscaled) of every window of an image (or
+    of its windows `rows`, in that order), from its cached conv5 maps; windows on the same
+    conv5 cells are run through fc6 and fc7 once."""
     maps, hw = conv.get(image.id, lambda: None)
-    pooled, inverse = det.pooler.unique(maps, image.windows, hw)
+    windows = image.windows if rows is None else image.windows[rows]
+    pooled, inverse = det.pooler.unique(maps, windows, hw)
     f = det.fc7(pooled) if det.config["svm_feature"] == "fc7" else pooled
     return f.astype(np.float16)[inverse]
 
 
-def _mean_norm(f16):
-    return np.linalg.norm(f16.astype(np.float32), axis=1).mean()
+def _norms(f16):
+    return np.linalg.norm(f16.astype(np.float32), axis=1)
 
 
-def _svm_scale(det, norms):
-    """The factor that brings the features' mean L2 norm to feature_norm (the mean over
-    images of each image's mean)."""
-    return float(det.config["feature_norm"] / max(np.mean(norms), 1e-6))
+def _svm_scale(det, norm_sum, count):
+    """The factor that brings the features' mean L2 norm over the norm sample (_first_pass_rows)
+    to feature_norm."""
+    return float(det.config["feature_norm"] / max(norm_sum / max(count, 1), 1e-6))
+
+
+class _Smallest:
+    """The n entries (key, image, row) with the smallest keys (ties: image, then row) of
+    those offered, image by image, in O(n) memory."""
+
+    def __init__(self, n):
+        self.n, self.parts, self.size = n, [], 0
+
+    def add(self, keys, j, rows):
+        self.parts.append((keys, np.full(len(rows), j, np.int64), np.asarray(rows, np.int64)))
+        self.size += len(rows)
+        if self.size > 2 * self.n + 1024:
+            self.parts = [self._best()]
+            self.size = len(self.parts[0][0])
+
+    def _best(self):
+        if not self.parts:
+            return np.zeros(0, np.uint64), np.zeros(0, np.int64), np.zeros(0, np.int64)
+        k, j, r = (np.concatenate(a) for a in zip(*self.parts))
+        best = np.lexsort((r, j, k))[:self.n]
+        return k[best], j[best], r[best]
+
+    def result(self):
+        """(image, row) of the kept entries in (image, row) order."""
+        _, j, r = self._best()
+        order = np.lexsort((r, j))
+        return j[order], r[order]
+
+
+def _first_pass_rows(det, images, seed):
+    """Which windows the first pass needs features of, from the geometry alone (no features):
+    per class, the svm_init_negatives negatives with the smallest keys (the initial random
+    cache, a function of (seed, class, image, window) only); the svm_norm_windows windows of
+    all images with the smallest keys under class -1 (a uniform sample, whose mean feature
+    norm sets svm_scale, as R-CNN scaled its features by a sample's mean norm); and each
+    class's count of negatives. Every other window's features are first needed by the
+    hard-negative rounds, which score them all."""
+    cfg, K = det.config, len(det.classes)
+    _, n_init = _cache_cap(cfg)
+    rules = (cfg["svm_neg_iou"], cfg["svm_neg_neg"])
+    init = [_Smallest(n_init) for _ in range(K)]
+    sample = _Smallest(int(cfg["svm_norm_windows"]))
+    n_neg = np.zeros(K, np.int64)
+    for j, im in enumerate(images):
+        rows = np.arange(len(im.windows))
+        sample.add(negative_keys(seed, -1, j, rows), j, rows)
+        for c in range(K):
+            negs = svm_negatives(im, c, *rules)
+            n_neg[c] += len(negs)
+            init[c].add(negative_keys(seed, c, j, negs), j, negs)
+    return [s.result() for s in init], sample.result(), n_neg
+
+
+def _rows_of(index, j):
+    """The rows of image j in index = (image, row), sorted by image."""
+    ij, r = index
+    lo, hi = np.searchsorted(ij, [j, j + 1])
+    return r[lo:hi]
 
 
 def _svm_input(f16, scale):
@@ -193,13 +256,14 @@ class _Pool:
         self.parts, self.n, self.worst = [], 0, None
 
     def add(self, j, rows, rank, feats):
-        """Offer windows `rows` of image j, ranked `rank`; feats: the image's (R, D) features."""
+        """Offer windows `rows` of image j, ranked `rank`, with their features feats (one row
+        each, in the order of rows)."""
         if self.worst is not None:              # full: nothing ranked after the last kept gets in
             keep = rank <= self.worst
-            rows, rank = rows[keep], rank[keep]
+            rows, rank, feats = rows[keep], rank[keep], feats[keep]
         if rows.size == 0:
             return
-        self.parts.append((np.full(len(rows), j, np.int64), rows, rank, self.file.append(feats[rows])))
+        self.parts.append((np.full(len(rows), j, np.int64), rows, rank, self.file.append(feats)))
         self.n += len(rows)
         if self.n > self.cap + self.slack:
             self._trim()
@@ -259,24 +323,31 @@ def train_svms(det, images, conv, log=print, progress=True, scratch=None):
     seed = cfg["seed"] + 1
     pools = {}
     try:
-        # pass 1: positives, each image's mean feature norm, the initial random negatives
+        # pass 1: the positives, the norm sample and the initial random negatives, the only
+        # windows whose features it computes (_first_pass_rows)
+        init, sample, n_neg = _first_pass_rows(det, images, seed)
         pos = [[] for _ in range(K)]
         pools = {c: _Pool(n_init, D, scratch) for c in range(K)}
-        n_neg, norms = np.zeros(K, np.int64), []
+        norm_sum, norm_count = 0.0, 0
         for j, im in enumerate(tqdm(images, desc=f"{cfg['svm_feature']} features for the SVMs",
                                     unit="img", disable=not progress)):
-            f = _window_features(det, conv, im)
-            if len(f):
-                norms.append(_mean_norm(f))
-            gt = f[:len(im.gt_boxes)]
+            mine = [_rows_of(init[c], j) for c in range(K)]
+            in_sample = _rows_of(sample, j)
+            need = np.unique(np.concatenate([np.arange(len(im.gt_boxes))] + mine + [in_sample]))
+            if need.size == 0:
+                continue
+            f = _window_features(det, conv, im, need)
+            norms = _norms(f[np.searchsorted(need, in_sample)])
+            norm_sum, norm_count = norm_sum + float(norms.sum()), norm_count + len(norms)
+            gt = f[:len(im.gt_boxes)]                  # the ground-truth boxes come first
             for c in range(K):
                 if (im.gt_classes == c).any():
                     pos[c].append(gt[im.gt_classes == c])
-                negs = svm_negatives(im, c, *rules)
-                n_neg[c] += len(negs)
-                pools[c].add(j, negs, negative_keys(seed, c, j, negs), f)
+                if mine[c].size:
+                    pools[c].add(j, mine[c], negative_keys(seed, c, j, mine[c]),
+                                 f[np.searchsorted(need, mine[c])])
             del f, gt
-        det.svm_scale = _svm_scale(det, norms)
+        det.svm_scale = _svm_scale(det, norm_sum, norm_count)
         W, b = np.zeros((K, D), np.float32), np.zeros(K, np.float32)
         pos = [np.concatenate(p) if p else np.zeros((0, D), np.float16) for p in pos]
         cache, active = {}, []                  # cache: (image, row) of each class's negatives
@@ -307,7 +378,7 @@ def train_svms(det, images, conv, log=print, progress=True, scratch=None):
                     hard = (s[negs, c] > cfg["hard_threshold"]) & ~cached
                     found[c] += int(hard.sum())
                     keep = negs[cached | hard]           # the cache and the new hard negatives
-                    pools[c].add(j, keep, -s[keep, c].astype(np.float64), f)
+                    pools[c].add(j, keep, -s[keep, c].astype(np.float64), f[keep])
                 del f, s
             still = []
             for c in active:
@@ -338,7 +409,12 @@ def train_svms_in_memory(det, images, conv, log=print, progress=True):
     feats = [_window_features(det, conv, im)
              for im in tqdm(images, desc=f"{cfg['svm_feature']} features for the SVMs",
                             unit="img", disable=not progress)]
-    det.svm_scale = _svm_scale(det, [_mean_norm(f) for f in feats if len(f)])
+    _, sample, _ = _first_pass_rows(det, images, seed)
+    norm_sum, norm_count = 0.0, 0
+    for j, f in enumerate(feats):               # summed image by image, as train_svms does
+        norms = _norms(f[_rows_of(sample, j)])
+        norm_sum, norm_count = norm_sum + float(norms.sum()), norm_count + len(norms)
+    det.svm_scale = _svm_scale(det, norm_sum, norm_count)
     D = feats[0].shape[1]
     W, b = np.zeros((K, D), np.float32), np.zeros(K, np.float32)
     for c in range(K):
