@@ -160,6 +160,8 @@ def _first_pass_rows(det, images, seed):
     cfg, K = det.config, len(det.classes)
     _, n_init = _cache_cap(cfg)
     rules = (cfg["svm_neg_iou"], cfg["svm_neg_neg"])
+    if int(cfg["svm_norm_windows"]) < 1:
+        raise ValueError(f"svm_norm_windows must be at least 1, got {cfg['svm_norm_windows']}")
     init = [_Smallest(n_init) for _ in range(K)]
     sample = _Smallest(int(cfg["svm_norm_windows"]))
     n_neg = np.zeros(K, np.int64)
