@@ -37,7 +37,8 @@ def selected(det, images, conv):
     for j, im in enumerate(images):
         need = np.unique(np.concatenate([np.arange(len(im.gt_boxes)), _rows_of(sample, j)]
                                         + [_rows_of(i, j) for i in init]))
-        n += len(_window_features(det, conv, im, need))
+        if need.size:
+            n += len(_window_features(det, conv, im, need))
     return n
 
 

@@ -103,7 +103,8 @@ class Dropout(Layer):
         else:
             from minispp.kernels.gpu.dropout import dropout_mask
             keys = xp.asarray(keys)
-        dropout_mask(keys, keep_threshold(self.ratio), scale, mask.reshape(shape[0], -1))
+        dropout_mask(keys, keep_threshold(self.ratio), scale,
+                     mask.reshape(shape[0], int(np.prod(shape[1:]))))
         return mask
 
     def _numpy_mask(self, shape, dtype):

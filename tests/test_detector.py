@@ -451,7 +451,8 @@ def test_streaming_svms_are_the_in_memory_svms(ckpt, voc, tmp_path):
     fed.clear()
     W, b = train_svms(det, images, conv, log.append, progress=False, scratch=tmp_path / "s25")
     np.testing.assert_allclose(W, W0, rtol=1e-6, atol=1e-6)
-    assert det.svm_scale == scale0 and sorted(log) == sorted(ref_log)
+    # fc7 of a subset of rows may differ from the whole image's in the last float32 bits
+    assert det.svm_scale == pytest.approx(scale0, rel=1e-6) and sorted(log) == sorted(ref_log)
     first = sum(fed[:len(images)])            # pass 1's fc7 rows, then the mining rounds'
     gts = sum(len(im.gt_boxes) for im in images)
     assert first <= gts + 25 + 20 * len(det.classes) and first < 0.4 * windows, (first, windows)

@@ -1,5 +1,10 @@
 """Dropout masks on the CPU: the twin of minispp/kernels/gpu/dropout.py, the same Philox4x32-10
-words (minispp/kernels/philox.py), so both devices draw the same mask from the same keys."""
+words (minispp/kernels/philox.py), so both devices draw the same mask from the same keys.
+
+Numba's cache (cache=True) keys a compiled kernel on its own file only: after an edit of
+minispp/kernels/philox.py, touch this file so the CPU kernel is compiled again
+(tests/test_dropout_rng.py compares the compiled kernel with the Python rounds, and fails on
+a stale one)."""
 import numba as nb
 
 from minispp.kernels.philox import mask_group_for, philox4x32_10
