@@ -612,3 +612,18 @@ def test_calibration_lets_the_better_detector_win_the_union():
     combined = ap({k: combine([cal(A[k], cal_a), cal(B[k], cal_b)]) for k in gt})
     assert ap(A) == pytest.approx(1.0) and raw < 0.6
     assert combined == pytest.approx(ap(A))
+
+
+def test_returning_free_memory_starts_no_child_process():
+    """return_free_memory runs between the detector's stages; it must not start a child (as
+    ctypes.util.find_library does, running ldconfig), whose peak resident size Linux starts
+    at the parent's and would pass for the selective-search workers' peak in train_log.json."""
+    import subprocess
+    import sys
+    code = ("import resource\nfrom train.resources import return_free_memory\n"
+            "return_free_memory()\n"
+            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True,
+                         check=True, timeout=120)
+    assert out.stdout.strip() == "0", out.stdout + out.stderr

@@ -18,11 +18,12 @@ def return_free_memory():
     where there is one): after a stage that freed many mid-sized arrays (fine-tuning's
     pooled windows), the C heap otherwise keeps those pages resident."""
     import ctypes
-    import ctypes.util
     import gc
     gc.collect()
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.malloc_trim(0)
+        # by name, not ctypes.util.find_library: that runs ldconfig in a child process, whose
+        # peak resident size Linux starts at this process's (and peak_rss_mb(children=True)
+        # would report it)
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):     # not glibc: nothing to do
         pass

@@ -268,6 +268,7 @@ def train_detector(voc, checkpoint, out, split="trainval", limit=None, progress=
         return None
     times = {"proposals_and_conv5": time.perf_counter() - t0}
     peak_mb = {"proposals_and_conv5": peak_rss_mb()}      # the peak so far, after each stage
+    workers_mb = peak_rss_mb(children=True)    # the selective-search workers: no other child yet
     if det.config["svm_C"] is None:
         det.config["svm_C"] = svm_C_for(len(images))
         log(f"SVM C = 0.001 x 5011 / {len(images)} images = {det.config['svm_C']:.4g}")
@@ -301,7 +302,8 @@ def train_detector(voc, checkpoint, out, split="trainval", limit=None, progress=
         det.keep_scorer(scales)
     det.save(os.path.join(out, "detector.h5"), {"train_split": split, "voc": os.path.abspath(voc),
                                                 "train_images": len(images)})
-    peak_mb["selective search workers"] = peak_rss_mb(children=True)
+    if workers_mb > 0:                         # proposals were computed here, not all cached
+        peak_mb["selective search workers"] = workers_mb
     log("peak resident memory (MiB) after each stage: " +
         ", ".join(f"{k} {v:.0f}" for k, v in peak_mb.items()))
     with open(os.path.join(out, "train_log.json"), "w") as fh:
