@@ -436,6 +436,26 @@ def test_release_drops_every_activation_a_test_forward_kept_and_conv5_maps_relea
         assert all(layer._retained is None for layer in inst.layers), key
 
 
+def test_the_window_pooler_keeps_no_map_and_a_bounded_number_of_layers():
+    """The detector pools every image's windows from its own conv5 maps, whose shapes differ
+    from image to image: the pooler keeps at most MAX_LAYERS WindowSPP layers and none of them
+    retains a map (each kept the last map it pooled, so the SVM and box-regression stages
+    held one map per image and scale: 885 MB at 300 images and 5 scales)."""
+    from train.detection.windows import WindowPooler
+    model = build("small", num_classes=3, spp=(2, 1), rng=np.random.default_rng(0))
+    pooler = WindowPooler(model, (2, 1))
+    rng = np.random.default_rng(3)
+    for k in range(pooler.MAX_LAYERS + 5):
+        h, w = 4 + k % 7, 5 + k // 7
+        maps = {64: rng.standard_normal((1, 8, h, w)).astype(np.float32)}
+        boxes = np.array([[0, 0, 30, 30], [10, 5, 60, 40]], np.float64)
+        pooled, inverse = pooler.unique(maps, boxes, (64, 80))
+        assert pooled.shape[1] == 8 * 5 and len(inverse) == 2
+    assert len(pooler._layers) == pooler.MAX_LAYERS
+    assert all(layer._retained is None and all(v is None for v in layer.saved._values.values())
+               for layer in pooler._layers.values())
+
+
 @pytest.mark.parametrize("make", [lambda: __import__("layers").Conv(out_channels=4, kernel=3, pad=1),
                                   lambda: __import__("layers").LRN(),
                                   lambda: __import__("layers").ReLU()], ids=["conv", "lrn", "relu"])

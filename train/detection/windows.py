@@ -19,6 +19,7 @@ is slower than pooling again.)
 """
 import json
 import os
+from collections import OrderedDict
 
 import h5py
 import numpy as np
@@ -73,14 +74,22 @@ class WindowPooler:
         self.stride, self.offset, _ = model.feature_geometry()
         self.levels = tuple(levels)
         self.xp = module_of(model.device)
-        self._layers = {}
+        self._layers = OrderedDict()
+
+    MAX_LAYERS = 16          # WindowSPP layers kept, one per conv5 map shape (least recent out)
 
     def _layer(self, shape):
-        if shape not in self._layers:
+        """The WindowSPP layer set up for maps of `shape`: every image size gives a shape of
+        its own, so at most MAX_LAYERS are kept (they hold no parameters), and each forward's
+        retained input is released after it (pooled features need no backward here)."""
+        layer = self._layers.pop(shape, None)
+        if layer is None:
             layer = WindowSPP(self.levels, feature_stride=self.stride, offset=self.offset)
             layer.setup(shape)
-            self._layers[shape] = layer
-        return self._layers[shape]
+            while len(self._layers) >= self.MAX_LAYERS:
+                self._layers.popitem(last=False)
+        self._layers[shape] = layer
+        return layer
 
     def __call__(self, maps, boxes, image_hw, scales=None):
         """(R, C * sum n^2) float32 for boxes (R, 4) in original-image pixels."""
@@ -115,6 +124,7 @@ class WindowPooler:
                                       return_inverse=True)
             fmap = self.xp.asarray(maps[s])
             parts.append(to_numpy(layer.forward(fmap, scaled[first], train=False)))
+            layer.release()              # it retained the map: one per image and scale else
             inverse[rows] = done + inv.reshape(-1)
             done += len(first)
         return np.concatenate(parts) if len(parts) > 1 else parts[0], inverse
