@@ -14,17 +14,15 @@ The detector's fc6/fc7 are the classification net's (no fine-tuning: the costs a
 import argparse
 import os
 import sys
-import time
+from statistics import median
 
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-import nets  # noqa: E402
-from minispp.data.voc import VOCDataset  # noqa: E402
-from train.detection.detector import Detector  # noqa: E402
+from detector_setup import add_arguments, detector_and_images  # noqa: E402
+from timing import paired_times  # noqa: E402
 from train.detection.svms import _first_pass_rows, _rows_of, _window_features  # noqa: E402
-from train.detection.windows import prepare_images  # noqa: E402
 
 
 def every_window(det, images, conv):
@@ -44,28 +42,26 @@ def selected(det, images, conv):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--voc", required=True)
-    ap.add_argument("--checkpoint", required=True)
-    ap.add_argument("--work", required=True, help="a DETDIR whose proposal and conv5 caches to use")
-    ap.add_argument("--limit", type=int, required=True)
+    add_arguments(ap)
     ap.add_argument("--rounds", type=int, default=2)
     a = ap.parse_args()
-    model = nets.load(a.checkpoint)
-    ds = VOCDataset(a.voc, "trainval")
-    det = Detector(model, ds.classes, {})
-    det.init_head_from_model()
-    images, conv = prepare_images(ds, a.work, det, False, a.limit)
-    selected(det, images[:2], conv)                      # warm-up: every kernel compiled
-    times = {"every window": [], "selected": []}
-    for _ in range(a.rounds):                            # interleaved
-        for name, fn in (("every window", every_window), ("selected", selected)):
-            t = time.perf_counter()
-            windows = fn(det, images, conv)
-            times[name].append(time.perf_counter() - t)
-            print(f"{name}: {windows} windows through fc7 in {times[name][-1]:.1f} s", flush=True)
-    full, sel = min(times["every window"]), min(times["selected"])
-    print(f"{len(images)} images, best of {a.rounds}: every window {full:.1f} s, selected "
-          f"{sel:.1f} s: {full / sel:.1f}x")
+    det, images, conv = detector_and_images(a)
+    selected(det, images[:2], conv)          # warm-up on two images: every kernel compiled
+    counts = {}
+
+    def run(name, fn):
+        def once():
+            counts[name] = fn(det, images, conv)
+        return once
+    times = paired_times({"every window": run("every window", every_window),
+                          "selected": run("selected", selected)}, a.rounds, warmup=0)
+    for name, t in times.items():
+        print(f"{name}: {counts[name]} windows through fc7, " + ", ".join(f"{v:.1f}" for v in t)
+              + " s", flush=True)
+    full, sel = median(times["every window"]), median(times["selected"])
+    ratio = median(f / s for f, s in zip(times["every window"], times["selected"]))
+    print(f"{len(images)} images, medians of {a.rounds} interleaved rounds: every window "
+          f"{full:.1f} s, selected {sel:.1f} s; median ratio {ratio:.2f}x")
 
 
 if __name__ == "__main__":

@@ -20,11 +20,9 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-import nets  # noqa: E402
-from minispp.data.voc import VOCDataset  # noqa: E402
-from train.detection.detector import Detector, svm_C_for  # noqa: E402
+from detector_setup import add_arguments, detector_and_images  # noqa: E402
 from train.detection.svms import train_box_regressors, train_svms  # noqa: E402
-from train.detection.windows import prepare_images, scale_caches  # noqa: E402
+from train.detection.windows import scale_caches  # noqa: E402
 from train.resources import peak_rss_mb  # noqa: E402
 
 
@@ -41,27 +39,17 @@ def rss_mb():
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--voc", required=True)
-    ap.add_argument("--checkpoint", required=True)
-    ap.add_argument("--work", required=True, help="a DETDIR whose proposal and conv5 caches to use")
-    ap.add_argument("--limit", type=int, required=True)
+    add_arguments(ap)
     ap.add_argument("--scales", help="the features' scale set, e.g. 480,576,688,864,1200")
     ap.add_argument("--stages", default="svms,bbox", help="svms, bbox or svms,bbox")
     a = ap.parse_args()
     stages = [v.strip() for v in a.stages.split(",")]
     if not stages or any(v not in ("svms", "bbox") for v in stages):
         ap.error(f"--stages: svms, bbox or both, got {a.stages!r}")
-    model = nets.load(a.checkpoint)
-    for p in model.params.values():
-        p.state = {}
-    ds = VOCDataset(a.voc, "trainval")
-    det = Detector(model, ds.classes, {})
-    det.init_head_from_model()
-    images, conv = prepare_images(ds, a.work, det, False, a.limit)
+    det, images, conv = detector_and_images(a)
     if a.scales:
         scales = tuple(int(v) for v in a.scales.split(","))
-        conv = scale_caches(a.work, model, scales, det.mean, det.pixel_scale)
-    det.config["svm_C"] = svm_C_for(len(images))
+        conv = scale_caches(a.work, det.model, scales, det.mean, det.pixel_scale)
     out, log = {"images": len(images), "setup_mib": peak_rss_mb()}, []
     with tempfile.TemporaryDirectory(dir=a.work, prefix="svm-scratch-") as scratch:
         if "svms" in stages:
