@@ -160,19 +160,26 @@ def _first_pass_rows(det, images, seed):
     cfg, K = det.config, len(det.classes)
     _, n_init = _cache_cap(cfg)
     rules = (cfg["svm_neg_iou"], cfg["svm_neg_neg"])
-    if int(cfg["svm_norm_windows"]) < 1:
-        raise ValueError(f"svm_norm_windows must be at least 1, got {cfg['svm_norm_windows']}")
     init = [_Smallest(n_init) for _ in range(K)]
-    sample = _Smallest(int(cfg["svm_norm_windows"]))
     n_neg = np.zeros(K, np.int64)
     for j, im in enumerate(images):
-        rows = np.arange(len(im.windows))
-        sample.add(negative_keys(seed, -1, j, rows), j, rows)
         for c in range(K):
             negs = svm_negatives(im, c, *rules)
             n_neg[c] += len(negs)
             init[c].add(negative_keys(seed, c, j, negs), j, negs)
-    return [s.result() for s in init], sample.result(), n_neg
+    return [s.result() for s in init], _norm_sample(images, cfg, seed), n_neg
+
+
+def _norm_sample(images, cfg, seed):
+    """(image, row) of the svm_norm_windows windows of all images with the smallest keys
+    under class -1: the uniform sample whose mean feature norm sets svm_scale."""
+    if int(cfg["svm_norm_windows"]) < 1:
+        raise ValueError(f"svm_norm_windows must be at least 1, got {cfg['svm_norm_windows']}")
+    sample = _Smallest(int(cfg["svm_norm_windows"]))
+    for j, im in enumerate(images):
+        rows = np.arange(len(im.windows))
+        sample.add(negative_keys(seed, -1, j, rows), j, rows)
+    return sample.result()
 
 
 def _rows_of(index, j):
@@ -411,7 +418,7 @@ def train_svms_in_memory(det, images, conv, log=print, progress=True):
     feats = [_window_features(det, conv, im)
              for im in tqdm(images, desc=f"{cfg['svm_feature']} features for the SVMs",
                             unit="img", disable=not progress)]
-    _, sample, _ = _first_pass_rows(det, images, seed)
+    sample = _norm_sample(images, cfg, seed)     # no need for the geometry of the negatives
     norm_sum, norm_count = 0.0, 0
     for j, f in enumerate(feats):               # summed image by image, as train_svms does
         norms = _norms(f[_rows_of(sample, j)])
