@@ -157,7 +157,7 @@ class Conv(Layer):
         F = self.out_channels
         W = xp.ascontiguousarray(self.value_as("W", x.dtype))
         b = self.value_as("b", x.dtype)
-        built = cudnn_conv.usable(x) and self._cudnn_plan("fprop")
+        built = cudnn_conv.usable(x) and self._cudnn_plan("fprop", train)
         if built:
             y = cudnn_conv.execute(built, x, W, xp.empty(self.out_shape, x.dtype))
             y += b.reshape(1, F, 1, 1)
@@ -212,13 +212,15 @@ class Conv(Layer):
         im2col(x, kh, kw, sh, sw, ph, pw, Ho, Wo, col)
         return col
 
-    def _cudnn_plan(self, op):
+    def _cudnn_plan(self, op, train=True):
         """The cached cuDNN graph of op ("fprop", "dgrad", "wgrad") at this layer's shapes;
-        None (fall back to im2col) where cuDNN cannot run the forward and both gradients."""
+        None (fall back to im2col) where cuDNN cannot run it. A training forward goes through
+        cuDNN only where both gradients can too; a test-time forward (detection, features:
+        a new shape for nearly every image) builds its fprop graph alone."""
         from minispp.kernels.gpu import cudnn_conv
         shapes = (self.in_shape, (self.out_channels, self.in_shape[1]) + self.kernel,
                   self.out_shape, self.stride, self.pad)
-        if op == "fprop" and not all(cudnn_conv.plan(o, *shapes) for o in ("fprop", "dgrad",
-                                                                             "wgrad")):
+        if op == "fprop" and train and not all(cudnn_conv.plan(o, *shapes)
+                                               for o in ("dgrad", "wgrad")):
             return None
         return cudnn_conv.plan(op, *shapes)

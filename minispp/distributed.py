@@ -140,6 +140,22 @@ class MPIComm(Single):
         return f"{self.size} MPI ranks ({self.local_size} on this machine)"
 
 
+def nccl_communicator(nccl, bcast, size, rank):
+    """An NCCL communicator of `size` ranks: the NCCL id (128 bytes) is made on rank 0 and
+    broadcast with bcast(int8 array, root=0) (MPI's Bcast). CuPy 14 gives and takes the id
+    as bytes; older CuPy as a tuple of 128 small ints: both are handled."""
+    uid = np.zeros(128, dtype=np.int8)                        # NCCL_UNIQUE_ID_BYTES
+    if rank == 0:
+        made = nccl.get_unique_id()
+        uid[:] = (np.frombuffer(made, np.int8) if isinstance(made, (bytes, bytearray))
+                  else np.array(made, dtype=np.int64).astype(np.int8))
+    bcast(uid, root=0)
+    try:
+        return nccl.NcclCommunicator(size, uid.tobytes(), rank)
+    except TypeError:                                         # the tuple form
+        return nccl.NcclCommunicator(size, tuple(int(v) for v in uid), rank)
+
+
 class NCCLComm(MPIComm):
     """MPI for control, NCCL (cupy.cuda.nccl) for the gradient buffer on the device. Each
     rank uses GPU local_rank (mod the GPUs it sees). Written for CuPy's NCCL binding; it has
@@ -153,12 +169,7 @@ class NCCLComm(MPIComm):
         from cupy.cuda import nccl
         self.cupy, self.nccl = cupy, nccl
         cupy.cuda.Device(self.local_rank % cupy.cuda.runtime.getDeviceCount()).use()
-        # the NCCL id (128 bytes) made on rank 0 and broadcast over MPI as plain bytes
-        uid = np.zeros(128, dtype=np.int8)                    # NCCL_UNIQUE_ID_BYTES
-        if self.rank == 0:
-            uid[:] = np.array(nccl.get_unique_id(), dtype=np.int64).astype(np.int8)
-        self.comm.Bcast(uid, root=0)
-        self.nccl_comm = nccl.NcclCommunicator(self.size, tuple(int(v) for v in uid), self.rank)
+        self.nccl_comm = nccl_communicator(nccl, self.comm.Bcast, self.size, self.rank)
         self._types = {np.dtype(np.float32): nccl.NCCL_FLOAT32,
                        np.dtype(np.float64): nccl.NCCL_FLOAT64}
 

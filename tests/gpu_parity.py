@@ -42,8 +42,12 @@ def diff(name, got, want, exact, dtype):
             f"cpu {want[at]!r}"]
 
 
-def run_layer(make, x, more, device, seed=0, train=True, propagate_down=True, dy_seed=1):
-    """(y, dx, {param: grad}) of a fresh layer from make() on device, for input x (host)."""
+def run_layer(make, x, more, device, seed=0, train=True, propagate_down=True, dy_seed=1,
+              integer_dy=False):
+    """(y, dx, {param: grad}) of a fresh layer from make() on device, for input x (host).
+    integer_dy: dy of small integers, whose sums are exact in any order. The SPP kernels add
+    their gradients with atomics, in an order a real GPU does not fix (the simulator runs the
+    threads in index order, which hides it), so an exact dx needs addends that sum exactly."""
     dtype = x.dtype
     params = Params(dtype)
     layer = make()
@@ -54,13 +58,20 @@ def run_layer(make, x, more, device, seed=0, train=True, propagate_down=True, dy
     if np.isscalar(y):
         dy = None
     else:
-        dy = xp.asarray(np.random.default_rng(dy_seed).standard_normal(y.shape).astype(dtype))
+        rng = np.random.default_rng(dy_seed)
+        if integer_dy:                   # nonzero, so that every routed gradient shows
+            dy = rng.integers(1, 5, y.shape) * rng.choice([-1, 1], y.shape)
+        else:
+            dy = rng.standard_normal(y.shape)
+        dy = xp.asarray(dy.astype(dtype))
     dx = layer.backward(dy, propagate_down=propagate_down)
     return y, dx, {n: params[n].grad for n in params}
 
 
 def layer_mismatches(make, x, more=(), exact=False, **kw):
-    """The GPU body's y, dx and parameter gradients against the CPU body's."""
+    """The GPU body's y, dx and parameter gradients against the CPU body's; exact: y and dx
+    bit for bit, with an integer-valued dy (run_layer)."""
+    kw.setdefault("integer_dy", exact)
     cy, cdx, cg = run_layer(make, x, more, "cpu", **kw)
     gy, gdx, gg = run_layer(make, x, more, "gpu", **kw)
     out = diff("y", gy, cy, exact, x.dtype) + diff("dx", gdx, cdx, exact, x.dtype)

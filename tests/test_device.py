@@ -84,3 +84,78 @@ def test_device_batches_on_the_cpu_are_the_loaders_own():
     assert len(got) == 2 and all(g is b for g, b in zip(got, batches))
     with pytest.raises(ValueError, match="'tpu'"):
         list(device_batches(iter(batches), "tpu"))
+
+
+# ---------------------------------------------------------------------------- cuDNN plans
+# (the Frontend needs a GPU to build a graph; these run the cache's bookkeeping with fakes)
+
+class _FakeCupy:
+    """Just what cudnn_conv.plan asks of CuPy: the current device's id."""
+    class cuda:
+        class Device:
+            id = 0
+
+
+def _fake_cudnn(create_handle):
+    return type("FakeCudnn", (), {"create_handle": staticmethod(create_handle)})
+
+
+def test_cudnn_plans_are_bounded_least_recently_used_out(monkeypatch):
+    import collections
+    import sys
+    from minispp.kernels.gpu import cudnn_conv
+    built = []
+    monkeypatch.setitem(sys.modules, "cupy", _FakeCupy)
+    monkeypatch.setattr(cudnn_conv, "cudnn", _fake_cudnn(lambda: "handle"))
+    monkeypatch.setattr(cudnn_conv, "_handles", {})
+    monkeypatch.setattr(cudnn_conv, "_plans", collections.OrderedDict())
+    monkeypatch.setattr(cudnn_conv, "MAX_PLANS", 3)
+    monkeypatch.setattr(cudnn_conv, "_build",
+                        lambda op, x, w, y, s, p, h: built.append(x[2]) or (op, x[2]))
+
+    def plan(h):
+        return cudnn_conv.plan("fprop", (1, 3, h, 9), (2, 3, 3, 3), (1, 2, h - 2, 7),
+                               (1, 1), (0, 0))
+
+    for h in (10, 11, 12):
+        assert plan(h) == ("fprop", h)
+    plan(10)                                   # used again: now the most recent
+    assert plan(13) == ("fprop", 13)           # evicts 11, the least recently used
+    assert len(cudnn_conv._plans) == 3
+    assert built == [10, 11, 12, 13]           # 10 was not rebuilt
+    plan(11)
+    assert built == [10, 11, 12, 13, 11]       # 11 was
+
+
+def test_an_unloadable_cudnn_falls_back_to_im2col_with_a_warning(monkeypatch):
+    import sys
+    from minispp.kernels.gpu import cudnn_conv
+
+    def no_library():
+        raise OSError("libcudnn.so.9: cannot open shared object file")
+
+    monkeypatch.setitem(sys.modules, "cupy", _FakeCupy)
+    monkeypatch.setattr(cudnn_conv, "cudnn", _fake_cudnn(no_library))
+    monkeypatch.setattr(cudnn_conv, "_handles", {})
+    with pytest.warns(UserWarning, match="cuDNN unusable.*libcudnn.so.9.*im2col"):
+        assert cudnn_conv.plan("fprop", (1, 3, 9, 9), (2, 3, 3, 3), (1, 2, 7, 7),
+                               (1, 1), (0, 0)) is None
+    assert cudnn_conv.cudnn is None            # usable() says no from now on
+
+
+def test_a_test_time_conv_forward_builds_only_its_fprop_graph(monkeypatch):
+    from layers.conv import Conv
+    from minispp.kernels.gpu import cudnn_conv
+    from minispp.params import Params
+    asked = []
+    monkeypatch.setattr(cudnn_conv, "plan", lambda op, *shapes: asked.append(op) or op)
+    layer = Conv(out_channels=2, kernel=3)
+    layer.setup((1, 3, 6, 6), Params(np.float32), rng=np.random.default_rng(0))
+    assert layer._cudnn_plan("fprop", train=False) == "fprop"
+    assert asked == ["fprop"]
+    asked.clear()
+    assert layer._cudnn_plan("fprop", train=True) == "fprop"
+    assert sorted(asked) == ["dgrad", "fprop", "wgrad"]
+    monkeypatch.setattr(cudnn_conv, "plan", lambda op, *shapes: None if op == "wgrad" else op)
+    assert layer._cudnn_plan("fprop", train=True) is None     # no wgrad: im2col for training
+    assert layer._cudnn_plan("fprop", train=False) == "fprop"

@@ -413,3 +413,35 @@ def test_sharded_proposals_and_detector_caches_equal_one_process(tmp_path):
     assert a.keys() == b.keys()
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def _fake_nccl(as_bytes):
+    """CuPy's NCCL binding as far as the id goes: CuPy 14 makes and takes bytes, older CuPy
+    a tuple of 128 small ints; each refuses the other form with a TypeError."""
+    made = bytes((7 * i + 200) % 256 for i in range(128))      # bytes above 127 included
+    form = made if as_bytes else tuple(np.frombuffer(made, np.int8).tolist())
+
+    class Communicator:
+        def __init__(self, size, comm_id, rank):
+            if type(comm_id) is not type(form):
+                raise TypeError(f"expected {type(form).__name__}")
+            self.id, self.size, self.rank = comm_id, size, rank
+
+    return type("FakeNccl", (), {"get_unique_id": staticmethod(lambda: form),
+                                 "NcclCommunicator": Communicator}), form
+
+
+@pytest.mark.parametrize("as_bytes", [True, False], ids=["cupy14-bytes", "older-tuple"])
+def test_every_rank_gets_rank_0s_nccl_id_in_the_form_its_cupy_takes(as_bytes):
+    nccl, form = _fake_nccl(as_bytes)
+    sent = {}
+
+    def bcast(buf, root):                  # MPI's Bcast over two ranks, in-process
+        if "id" in sent:
+            buf[:] = sent["id"]
+        else:
+            sent["id"] = buf.copy()
+
+    comms = [distributed.nccl_communicator(nccl, bcast, 2, rank) for rank in (0, 1)]
+    assert [c.rank for c in comms] == [0, 1] and all(c.size == 2 for c in comms)
+    assert all(c.id == form for c in comms)

@@ -10,10 +10,18 @@ CUDA simulator (NUMBA_ENABLE_CUDASIM=1, set before numba is imported) the same k
 on NumPy arrays, one Python thread per CUDA thread; streams do not exist there and are
 skipped.
 """
+import os
 import sys
 
 from numba import cuda
 from numba.core import config
+
+if "NUMBA_CUDA_LOW_OCCUPANCY_WARNINGS" not in os.environ:
+    # small layers (biases, a few windows) launch a handful of blocks by design: no warning
+    # on every such launch unless the user asks for them (the variable too, since Numba
+    # rereads its configuration from the environment)
+    os.environ["NUMBA_CUDA_LOW_OCCUPANCY_WARNINGS"] = "0"
+    config.CUDA_LOW_OCCUPANCY_WARNINGS = 0
 
 THREADS = 256           # threads per block, for every kernel in this package
 SIM_THREADS = 32        # under the simulator, where each thread is a Python thread: fewer

@@ -20,14 +20,18 @@ GPU machine (tests/test_gpu.py), against the im2col body and the CPU body.
 """
 import numpy as np
 
+from collections import OrderedDict
+
 try:
     import cudnn
-except ImportError:         # the im2col + cuBLAS body is used instead
-    cudnn = None
+except Exception:           # not installed, or libcudnn failed to load: the im2col + cuBLAS
+    cudnn = None            # body is used instead
 
 WORKSPACE_BYTES = 256 << 20      # the most workspace one convolution may use
+MAX_PLANS = 64                   # built graphs kept (least recently used out): test-time
+                                 # forwards see a new shape for nearly every image
 
-_plans = {}                      # key -> built graph and its tensors, or None (unsupported)
+_plans = OrderedDict()           # key -> built graph and its tensors, or None (unsupported)
 _handles = {}                    # device id -> cuDNN handle
 _workspace = {}                  # device id -> CuPy uint8 buffer
 
@@ -88,15 +92,28 @@ def plan(op, x_shape, w_shape, y_shape, stride, pad):
     import cupy
     dev = cupy.cuda.Device().id
     key = (op, tuple(x_shape), tuple(w_shape), tuple(y_shape), tuple(stride), tuple(pad), dev)
-    if key not in _plans:
+    if key in _plans:
+        _plans.move_to_end(key)
+        return _plans[key]
+    global cudnn
+    try:
         handle = _handles.get(dev)
         if handle is None:
             handle = _handles[dev] = cudnn.create_handle()
-        try:
-            _plans[key] = _build(op, x_shape, w_shape, y_shape, stride, pad, handle)
-        except Exception:       # cudnnGraphNotSupportedError, or an older Frontend
-            _plans[key] = None
-    return _plans[key]
+    except Exception as e:      # libcudnn missing or unloadable: im2col for this process
+        import warnings
+        warnings.warn(f"cuDNN unusable ({type(e).__name__}: {e}); convolutions use im2col "
+                      f"+ cuBLAS")
+        cudnn = None
+        return None
+    try:
+        built = _build(op, x_shape, w_shape, y_shape, stride, pad, handle)
+    except Exception:           # cudnnGraphNotSupportedError, or an older Frontend
+        built = None
+    _plans[key] = built
+    while len(_plans) > MAX_PLANS:
+        _plans.popitem(last=False)
+    return built
 
 
 def execute(built, a, b, out):

@@ -76,6 +76,9 @@ def _cached(tag, make, *arrays):
     if hit is None:
         hit = make(*(host_ints(a) for a in arrays))
         hit = tuple(cuda.to_device(a) for a in hit)
+        if not simulated():
+            cuda.synchronize()          # from pageable memory on the legacy stream: landed
+                                        # before a kernel on any other stream reads it
         if len(_tables) >= 256:
             _tables.clear()             # a few pyramids per net; never grow without bound
         _tables[key] = hit
