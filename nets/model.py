@@ -9,7 +9,6 @@ A model lives on one device: ``build(..., device="gpu")`` or ``model.to("gpu")``
 Params store, and every instance, made before or after, then runs its GPU bodies when it is
 fed device arrays. Checkpoints are written from host copies and load on either device.
 """
-from collections import OrderedDict
 
 import numpy as np
 
@@ -21,6 +20,7 @@ from minispp.backend import module_of, to_device, to_numpy
 from minispp.storage.checkpoint import read_checkpoint, read_weights, save_checkpoint, write_weights
 from minispp.geometry import receptive_field
 from minispp.layer import as_pair
+from minispp.lru import LRUCache
 from minispp.pyramid import check_levels
 
 from .definitions import DEFINITIONS
@@ -83,7 +83,7 @@ class Model:
         self.meta = {}
         self.extras = {}
         self.checksum = None          # of the checkpoint it was loaded from
-        self._instances = OrderedDict()
+        self._instances = LRUCache(MAX_CACHED)
         self.instance(batch=1, size=CANONICAL_SIZE)       # creates every parameter
 
     @property
@@ -143,14 +143,7 @@ class Model:
         return receptive_field(self._trunk_windows())
 
     def _cached(self, key, make):
-        if key in self._instances:
-            self._instances.move_to_end(key)
-            return self._instances[key]
-        net = make()
-        self._instances[key] = net
-        while len(self._instances) > MAX_CACHED:
-            self._instances.popitem(last=False)
-        return net
+        return self._instances.get_or_make(key, make)
 
     def instance(self, batch=1, size=CANONICAL_SIZE):
         """The fixed-size Net for (batch, 3, H, W) input, with a softmax loss; cached."""

@@ -101,15 +101,14 @@ def _fake_cudnn(create_handle):
 
 
 def test_cudnn_plans_are_bounded_least_recently_used_out(monkeypatch):
-    import collections
     import sys
     from minispp.kernels.gpu import cudnn_conv
+    from minispp.lru import LRUCache
     built = []
     monkeypatch.setitem(sys.modules, "cupy", _FakeCupy)
     monkeypatch.setattr(cudnn_conv, "cudnn", _fake_cudnn(lambda: "handle"))
     monkeypatch.setattr(cudnn_conv, "_handles", {})
-    monkeypatch.setattr(cudnn_conv, "_plans", collections.OrderedDict())
-    monkeypatch.setattr(cudnn_conv, "MAX_PLANS", 3)
+    monkeypatch.setattr(cudnn_conv, "_plans", LRUCache(3))
     monkeypatch.setattr(cudnn_conv, "_build",
                         lambda op, x, w, y, s, p, h: built.append(x[2]) or (op, x[2]))
 
@@ -137,6 +136,7 @@ def test_an_unloadable_cudnn_falls_back_to_im2col_with_a_warning(monkeypatch):
     monkeypatch.setitem(sys.modules, "cupy", _FakeCupy)
     monkeypatch.setattr(cudnn_conv, "cudnn", _fake_cudnn(no_library))
     monkeypatch.setattr(cudnn_conv, "_handles", {})
+    monkeypatch.setattr(cudnn_conv, "_plans", cudnn_conv.LRUCache(64))
     with pytest.warns(UserWarning, match="cuDNN unusable.*libcudnn.so.9.*im2col"):
         assert cudnn_conv.plan("fprop", (1, 3, 9, 9), (2, 3, 3, 3), (1, 2, 7, 7),
                                (1, 1), (0, 0)) is None

@@ -19,7 +19,6 @@ is slower than pooling again.)
 """
 import json
 import os
-from collections import OrderedDict
 
 import h5py
 import numpy as np
@@ -32,6 +31,7 @@ from minispp.data.names import inside
 from minispp.data.transforms import resize_min_side, to_input
 from minispp.detection.boxes import iou
 from minispp.detection.proposals import ProposalCache
+from minispp.lru import LRUCache
 from minispp.storage.checkpoint import atomic_h5
 from minispp.storage.feature_cache import check_identity
 
@@ -74,7 +74,7 @@ class WindowPooler:
         self.stride, self.offset, _ = model.feature_geometry()
         self.levels = tuple(levels)
         self.xp = module_of(model.device)
-        self._layers = OrderedDict()
+        self._layers = LRUCache(self.MAX_LAYERS)
 
     MAX_LAYERS = 16          # WindowSPP layers kept, one per conv5 map shape (least recent out)
 
@@ -82,14 +82,11 @@ class WindowPooler:
         """The WindowSPP layer set up for maps of `shape`: every image size gives a shape of
         its own, so at most MAX_LAYERS are kept (they hold no parameters), and each forward's
         retained input is released after it (pooled features need no backward here)."""
-        layer = self._layers.pop(shape, None)
-        if layer is None:
+        def make():
             layer = WindowSPP(self.levels, feature_stride=self.stride, offset=self.offset)
             layer.setup(shape)
-            while len(self._layers) >= self.MAX_LAYERS:
-                self._layers.popitem(last=False)
-        self._layers[shape] = layer
-        return layer
+            return layer
+        return self._layers.get_or_make(shape, make)
 
     def __call__(self, maps, boxes, image_hw, scales=None):
         """(R, C * sum n^2) float32 for boxes (R, 4) in original-image pixels."""

@@ -20,7 +20,7 @@ GPU machine (tests/test_gpu.py), against the im2col body and the CPU body.
 """
 import numpy as np
 
-from collections import OrderedDict
+from minispp.lru import LRUCache
 
 try:
     import cudnn
@@ -28,10 +28,9 @@ except Exception:           # not installed, or libcudnn failed to load: the im2
     cudnn = None            # body is used instead
 
 WORKSPACE_BYTES = 256 << 20      # the most workspace one convolution may use
-MAX_PLANS = 64                   # built graphs kept (least recently used out): test-time
-                                 # forwards see a new shape for nearly every image
-
-_plans = OrderedDict()           # key -> built graph and its tensors, or None (unsupported)
+_plans = LRUCache(64)            # key -> built graph and its tensors, or None (unsupported):
+                                 # the 64 most recently used, as test-time forwards see a new
+                                 # shape for nearly every image
 _handles = {}                    # device id -> cuDNN handle
 _workspace = {}                  # device id -> CuPy uint8 buffer
 
@@ -92,9 +91,11 @@ def plan(op, x_shape, w_shape, y_shape, stride, pad):
     import cupy
     dev = cupy.cuda.Device().id
     key = (op, tuple(x_shape), tuple(w_shape), tuple(y_shape), tuple(stride), tuple(pad), dev)
-    if key in _plans:
-        _plans.move_to_end(key)
-        return _plans[key]
+    return _plans.get_or_make(key, lambda: _new_plan(op, x_shape, w_shape, y_shape, stride,
+                                                     pad, dev))
+
+
+def _new_plan(op, x_shape, w_shape, y_shape, stride, pad, dev):
     global cudnn
     try:
         handle = _handles.get(dev)
@@ -107,13 +108,9 @@ def plan(op, x_shape, w_shape, y_shape, stride, pad):
         cudnn = None
         return None
     try:
-        built = _build(op, x_shape, w_shape, y_shape, stride, pad, handle)
+        return _build(op, x_shape, w_shape, y_shape, stride, pad, handle)
     except Exception:           # cudnnGraphNotSupportedError, or an older Frontend
-        built = None
-    _plans[key] = built
-    while len(_plans) > MAX_PLANS:
-        _plans.popitem(last=False)
-    return built
+        return None
 
 
 def execute(built, a, b, out):
