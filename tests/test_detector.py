@@ -261,7 +261,7 @@ def test_detector_commands_end_to_end(ckpt, voc, tmp_path, capsys):
     assert set(det.scorers) == {"96", "96,400"}
     calib = det.scorers["96"]["svm_calib"]
     assert calib.shape == (len(det.classes), 2) and np.isfinite(calib).all()
-    assert any("calibrated (Platt)" in line for line in log["log"])
+    assert any("calibrated (Platt, out-of-fold, 2 folds)" in line for line in log["log"])
     assert not np.array_equal(det.scorers["96"]["bbox_w"], det.scorers["96,400"]["bbox_w"])
     assert not np.array_equal(det.scorers["96"]["svm_b"], det.scorers["96,400"]["svm_b"])
     # the saved detector scores windows exactly as before saving
@@ -612,6 +612,97 @@ def test_calibration_lets_the_better_detector_win_the_union():
     combined = ap({k: combine([cal(A[k], cal_a), cal(B[k], cal_b)]) for k in gt})
     assert ap(A) == pytest.approx(1.0) and raw < 0.6
     assert combined == pytest.approx(ap(A))
+
+
+def test_calibration_folds_split_the_images_evenly_and_reproducibly():
+    from train.detection.calibration import calibration_folds
+    f = calibration_folds(11, 3, seed=0)
+    assert sorted(np.bincount(f).tolist()) == [3, 4, 4]
+    assert np.array_equal(f, calibration_folds(11, 3, seed=0))
+    assert not np.array_equal(calibration_folds(40, 2, seed=0), calibration_folds(40, 2, seed=1))
+    assert (calibration_folds(5, 1, seed=0) == 0).all()
+
+
+def test_calibration_scores_each_image_with_svms_that_never_saw_it(ckpt, voc, tmp_path, monkeypatch):
+    """Out-of-fold calibration: every image whose windows feed the Platt fit is scored by
+    SVMs trained on the other folds only, with the C for that many images; the final SVMs
+    are left as they were. With calib_folds = 1 it is the final SVMs' (in-sample) fit."""
+    from train.detection import calibration
+    from train.detection.svms import train_svms
+    det, images, conv = _synthetic_training_set(ckpt, voc, tmp_path, svm_init_negatives=20,
+                                                svm_cache_windows=60, calib_folds=2)
+    train_svms(det, images, conv, lambda m: None, progress=False)
+    W, b = det.svm_w.copy(), det.svm_b.copy()
+    trained, scored = [], []
+    real_train = calibration.train_svms
+
+    def recording_train(d, imgs, *args, **kw):
+        trained.append(({im.id for im in imgs}, d.config["svm_C"]))
+        out = real_train(d, imgs, *args, **kw)
+        d.svm_w = d.svm_w.copy()                 # a mark: the scores must come from these
+        return out
+    real_scores = calibration._scores
+
+    def recording_scores(f, scale, Wk, bk):
+        scored.append(Wk)
+        return real_scores(f, scale, Wk, bk)
+    monkeypatch.setattr(calibration, "train_svms", recording_train)
+    monkeypatch.setattr(calibration, "_scores", recording_scores)
+    seen = []
+    real_features = calibration._window_features
+    monkeypatch.setattr(calibration, "_window_features",
+                        lambda d, c, im, rows=None: seen.append(im.id) or real_features(d, c, im, rows))
+    log = []
+    calib = calibration.calibrate_svms(det, images, conv, log.append, progress=False,
+                                       scratch=tmp_path / "scratch")
+    assert len(trained) == 2 and sorted(seen) == sorted(im.id for im in images)
+    fold = calibration.calibration_folds(len(images), 2, det.config["seed"])
+    for k, (ids, C) in enumerate(trained):
+        assert ids == {im.id for i, im in enumerate(images) if fold[i] != k}
+        assert C == pytest.approx(0.5 * len(images) / len(ids))
+    held_out = [im.id for i, im in enumerate(images) if fold[i] == 0]
+    # the first fold's images are scored by the first fold's SVMs, trained without them
+    assert set(seen[:len(held_out)]) == set(held_out) and not set(held_out) & trained[0][0]
+    assert all(Wk is not W and not np.array_equal(Wk, det.svm_w) for Wk in scored)
+    np.testing.assert_array_equal(det.svm_w, W)
+    np.testing.assert_array_equal(det.svm_b, b)
+    assert calib.shape == (len(det.classes), 2) and np.isfinite(calib).all()
+    assert any("out-of-fold, 2 folds" in line for line in log)
+    # in-sample: the final SVMs score every image, no SVM is trained
+    trained.clear(), scored.clear()
+    det.config["calib_folds"] = 1
+    inside = calibration.calibrate_svms(det, images, conv, log.append, progress=False)
+    assert trained == [] and all(Wk is W or np.array_equal(Wk, W) for Wk in scored)
+    assert not np.allclose(inside, calib)
+
+
+def test_detect_calibrate_refits_the_calibration_alone(ckpt, voc, tmp_path, capsys):
+    out = str(tmp_path / "det")
+    assert main(["detect-train", "--voc", str(voc), "--checkpoint", ckpt, "--out", out,
+                 "--scales", "96", "--svm-scales", "96;96,400", "--proposals", "100",
+                 "--ft-iters", "5", "--quiet"]) == 0
+    before = load_detector(out)
+    assert main(["detect-calibrate", "--model", out, "--scales", "96", "--folds", "1", "--quiet"]) == 0
+    inside = load_detector(out)
+    log = json.load(open(os.path.join(out, "calibrate_log.json")))
+    assert log["calib_folds"] == 1 and log["images"] == 6
+    assert any("in-sample" in line for line in log["log"])
+    # only the chosen scorer's calibration changed; SVMs, regressors and the head did not
+    for key in ("96", "96,400"):
+        for part in ("svm_w", "svm_b", "bbox_w", "bbox_b"):
+            np.testing.assert_array_equal(inside.scorers[key][part], before.scorers[key][part])
+    np.testing.assert_array_equal(inside.scorers["96,400"]["svm_calib"],
+                                  before.scorers["96,400"]["svm_calib"])
+    assert not np.allclose(inside.scorers["96"]["svm_calib"], before.scorers["96"]["svm_calib"])
+    for name, p in before.head_params.items():
+        np.testing.assert_array_equal(inside.head_params[name].value, p.value)
+    # out-of-fold again (the default): the training's calibration, to the bit
+    assert main(["detect-calibrate", "--model", out, "--scales", "96", "--quiet"]) == 0
+    np.testing.assert_array_equal(load_detector(out).scorers["96"]["svm_calib"],
+                                  before.scorers["96"]["svm_calib"])
+    capsys.readouterr()
+    assert main(["detect-calibrate", "--model", out, "--scales", "200", "--quiet"]) == 2
+    assert "has no SVMs trained at scales 200 (it has 96, 96,400)" in capsys.readouterr().err
 
 
 def test_returning_free_memory_starts_no_child_process():

@@ -74,6 +74,24 @@ def register(sub, fmt):
                          "started by mpiexec); rank 0 then trains")
     dt.set_defaults(run=cmd_detect_train)
 
+    dc = sub.add_parser("detect-calibrate",
+                        help="fit a trained detector's score calibration again (model combination)",
+                        epilog="examples:\n  minispp detect-calibrate --model runs/det\n"
+                               "  minispp detect-calibrate --model runs/det --scales 688 --folds 3",
+                        formatter_class=fmt)
+    dc.add_argument("--model", required=True, help="DETDIR of detect-train (rewritten in place)")
+    dc.add_argument("--voc", help="the VOC root it was trained on (default: the one it records)")
+    dc.add_argument("--split", help="its training split (default: the one it records)")
+    dc.add_argument("--limit", type=int, help="its training images (default: the count it records)")
+    dc.add_argument("--folds", type=int, default=2,
+                    help="out-of-fold scores from SVMs trained on the other FOLDS - 1 folds of "
+                         "the training images (1: scored by the final SVMs, in-sample)")
+    dc.add_argument("--scales", action="append",
+                    help="only the SVMs of this scale set (repeatable; default: all)")
+    dc.add_argument("--quiet", action="store_true")
+    add_device_argument(dc)
+    dc.set_defaults(run=cmd_detect_calibrate)
+
     de = sub.add_parser("detect-test", help="VOC07 detection mAP of a trained detector",
                         epilog=EXAMPLES["detect-test"], formatter_class=fmt)
     de.add_argument("--voc", required=True)
@@ -86,7 +104,7 @@ def register(sub, fmt):
     de.add_argument("--combine", help="a second DETDIR (of the same classes): model combination")
     de.add_argument("--raw-scores", action="store_true",
                     help="combine the detectors' raw SVM scores (default: each calibrated by "
-                         "Platt scaling fitted on its own training images)")
+                         "Platt scaling fitted on out-of-fold scores of its training images)")
     de.add_argument("--limit", type=int, help="only the first N test images (at least 1)")
     de.add_argument("--no-conv-cache", action="store_true",
                     help="compute each test image's conv5 maps and write none (the same "
@@ -152,6 +170,17 @@ def cmd_detect_train(a):
         return 0
     print(f"detector written to {os.path.join(a.out, 'detector.h5')}")
     return 0
+
+def cmd_detect_calibrate(a):
+    from train.detection.detector import calibrate_detector
+    at_least(a.folds, 1, "--folds")
+    at_least(a.limit, 1, "--limit")
+    sets = [tuple(ints(v, "--scales")) for v in a.scales] if a.scales else None
+    calibrate_detector(a.model, voc=a.voc, split=a.split, limit=a.limit, folds=a.folds,
+                       scale_sets=sets, progress=not a.quiet)
+    print(f"calibration written to {os.path.join(a.model, 'detector.h5')}")
+    return 0
+
 
 def cmd_detect_test(a):
     from train.detection.detector import load_detector

@@ -4,7 +4,7 @@ Two detectors' SVM scores live on scales of their own (each SVM's margin, its fe
 norm, its C), so the union of their detections before NMS lets the detector with the larger
 scores win every overlap, right or wrong. Each detector's scores are therefore mapped, per
 class, to the probability that a window is a true detection, by Platt scaling fitted on its
-own training images only (never on test data):
+training images only (never on test data):
 
     p(true | s) = 1 / (1 + exp(-(a s + b)))
 
@@ -15,16 +15,30 @@ order windows as the probabilities do without rounding to 1.0 where the fit is s
 map is increasing, so a detector alone ranks its windows exactly as before and its AP does
 not change; only the merging of two detectors does.
 
+The scores are out-of-fold (``calib_folds`` = k >= 2, default 2), as Platt (1999) and
+libsvm's probability estimates fit them: the training images are split into k seeded folds,
+SVMs are trained (hard negatives included) on all folds but one, and the windows of the
+held-out fold are scored by them; the sigmoid is fitted to all folds' held-out scores and
+then applied to the final SVMs, trained on every image. An SVM scores its own training
+windows far more confidently than new ones: fitted in-sample (``calib_folds`` = 1) the
+slopes reach the hundreds, a weak detector's false positives look as sure as a strong
+one's true detections, and the union is worse than the better detector alone (README,
+"Model combination"). The fold SVMs see (k - 1) / k of the images and take the C that
+svm_C_for gives that many images (C x n / n_fold), so their margins are those of the final
+SVMs; k = 2 costs one more SVM training in all (two trainings on half the images).
+
 Memory and time are bounded: the scores of at most ``calib_images`` training images (a
 seeded sample) are used, all their true windows and up to ``calib_negatives`` false ones per
 class (the smallest hash keys: a uniform sample, each kept false window weighted by total /
-kept), and a pass costs what one hard-negative round costs on those images.
+kept), and scoring them costs what one hard-negative round costs on those images.
 """
+import copy
+
 import numpy as np
 from scipy.special import expit
 from tqdm import tqdm
 
-from train.detection.svms import _scores, _window_features, negative_keys
+from train.detection.svms import _scores, _svm_C, _window_features, negative_keys, train_svms
 
 
 def platt_fit(scores, labels, weights=None, iterations=100):
@@ -78,28 +92,68 @@ def calibrated(scores, calib):
     return np.asarray(scores, np.float64) * calib[:, 0] + calib[:, 1]
 
 
-def calibrate_svms(det, images, conv, log=print, progress=True):
+def calibration_folds(n_images, folds, seed):
+    """(n_images,) fold of each training image, 0..folds-1, a seeded balanced split (all 0
+    when folds <= 1: in-sample)."""
+    if folds <= 1:
+        return np.zeros(n_images, np.int64)
+    order = np.random.default_rng([int(seed), 11]).permutation(n_images)
+    fold = np.empty(n_images, np.int64)
+    fold[order] = np.arange(n_images) % int(folds)
+    return fold
+
+
+def fold_detector(det, n_all, n_fold):
+    """A shallow copy of det whose SVMs can be trained without touching det's: the same
+    trunk, head and pooler, a config of its own with the C for n_fold images (C x n_all /
+    n_fold, the balance of loss and regularization svm_C_for keeps)."""
+    other = copy.copy(det)
+    other.config = dict(det.config, svm_C=_svm_C(det, n_all) * n_all / max(n_fold, 1))
+    return other
+
+
+def calibrate_svms(det, images, conv, log=print, progress=True, scratch=None):
     """Fit det.svm_calib (K, 2) float64 on the training images (the module's docstring);
-    det.svm_w and det.svm_b must be the final SVMs. Classes without true or false windows
-    get a = 1, b = 0."""
+    det.svm_w and det.svm_b must be the final SVMs (trained on `images`). With calib_folds
+    k >= 2 the scores are out-of-fold: k more SVM trainings (train_svms, scratch files in
+    `scratch`) on all folds but one. Classes without true or false windows get a = 1, b = 0;
+    a fold whose training images hold no object of a class gives that class no scores."""
     cfg, K = det.config, len(det.classes)
     rng = np.random.default_rng([cfg["seed"], 7])
     pick = np.sort(rng.permutation(len(images))[:cfg["calib_images"]])
+    folds = int(cfg.get("calib_folds", 1))
+    fold = calibration_folds(len(images), folds, cfg["seed"])
     cap = int(cfg["calib_negatives"])
     true_s = [[] for _ in range(K)]
     false_s = [[] for _ in range(K)]           # (keys, scores) parts, trimmed to cap by key
     n_false = np.zeros(K, np.int64)
-    for j in tqdm(pick, desc="SVM scores for calibration", unit="img", disable=not progress):
-        im = images[j]
-        s = _scores(_window_features(det, conv, im), det.svm_scale, det.svm_w, det.svm_b)
-        for c in range(K):
-            true = im.class_overlap(c) >= cfg["pos_iou"]
-            true_s[c].append(s[true, c])
-            rows = np.flatnonzero(~true)
-            n_false[c] += rows.size
-            false_s[c].append((negative_keys(cfg["seed"] + 2, c, int(j), rows), s[rows, c]))
-            if sum(len(k) for k, _ in false_s[c]) > 2 * cap:
-                false_s[c] = [_smallest_keys(false_s[c], cap)]
+    for k in range(max(folds, 1)):
+        mine = pick[fold[pick] == k]
+        if mine.size == 0:
+            continue
+        if folds <= 1:
+            scorer, has_pos = det, np.ones(K, bool)
+        else:
+            train = [im for i, im in enumerate(images) if fold[i] != k]
+            scorer = fold_detector(det, len(images), len(train))
+            has_pos = np.zeros(K, bool)
+            for im in train:
+                has_pos[np.unique(im.gt_classes)] = True
+            log(f"  calibration fold {k + 1} of {folds}: SVMs on the other {len(train)} images "
+                f"(C = {scorer.config['svm_C']:.4g}), scoring {mine.size} held-out images")
+            train_svms(scorer, train, conv, lambda m: log("  " + m), progress, scratch)
+        for j in tqdm(mine, desc=f"SVM scores for calibration ({k + 1}/{max(folds, 1)})",
+                      unit="img", disable=not progress):
+            im = images[j]
+            s = _scores(_window_features(det, conv, im), scorer.svm_scale, scorer.svm_w, scorer.svm_b)
+            for c in np.flatnonzero(has_pos):
+                true = im.class_overlap(c) >= cfg["pos_iou"]
+                true_s[c].append(s[true, c])
+                rows = np.flatnonzero(~true)
+                n_false[c] += rows.size
+                false_s[c].append((negative_keys(cfg["seed"] + 2, c, int(j), rows), s[rows, c]))
+                if sum(len(k_) for k_, _ in false_s[c]) > 2 * cap:
+                    false_s[c] = [_smallest_keys(false_s[c], cap)]
     calib = np.tile([1.0, 0.0], (K, 1))
     for c in range(K):
         pos = np.concatenate(true_s[c]) if true_s[c] else np.zeros(0)
@@ -111,7 +165,8 @@ def calibrate_svms(det, images, conv, log=print, progress=True):
         calib[c] = platt_fit(np.concatenate([pos, neg]), np.r_[np.ones(len(pos)), np.zeros(len(neg))],
                              weights)
     det.svm_calib = calib
-    log(f"SVM scores calibrated (Platt) on {len(pick)} training images: a = "
+    how = f"out-of-fold, {folds} folds" if folds > 1 else "in-sample"
+    log(f"SVM scores calibrated (Platt, {how}) on {len(pick)} training images: a = "
         f"{', '.join(f'{a:.2f}' for a in calib[:, 0])}")
     return calib
 

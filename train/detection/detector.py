@@ -78,8 +78,9 @@ DEFAULTS = dict(
     # 20,000 x 25 KB = 512 MB for ZF-5's pool5; more images are visited in groups
     ft_cache_windows=20000,
     # Platt scaling of the SVM scores for model combination (train/detection/calibration.py),
-    # on at most this many training images and false windows per class
-    calib_images=500, calib_negatives=100000,
+    # on at most this many training images and false windows per class, scored out-of-fold
+    # by SVMs trained on the other calib_folds - 1 folds of the images (1: in-sample)
+    calib_images=500, calib_negatives=100000, calib_folds=2,
     # MB of float64 box-regression statistics held at once (X^T X is D x D per class: 1.25
     # GiB for pool5 of ZF-5, so 3 classes per pass over the images at 4096)
     bbox_stats_mb=4096,
@@ -291,7 +292,7 @@ def train_detector(voc, checkpoint, out, split="trainval", limit=None, progress=
         log(f"SVMs and box regressors on features at {scales_key(scales)}:")
         t = time.perf_counter()
         train_svms(det, images, maps, log, progress, scratch=os.path.join(out, "svm-scratch"))
-        calibrate_svms(det, images, maps, log, progress)
+        calibrate_svms(det, images, maps, log, progress, scratch=os.path.join(out, "svm-scratch"))
         times["svms"] += time.perf_counter() - t
         peak_mb[f"svms {scales_key(scales)}"] = peak_rss_mb()
         return_free_memory()
@@ -310,4 +311,56 @@ def train_detector(voc, checkpoint, out, split="trainval", limit=None, progress=
         json.dump({"log": lines, "seconds": times, "peak_rss_mb": peak_mb,
                    "config": det.config_json()},
                   fh, indent=1)
+    return det
+
+
+def calibrate_detector(detdir, voc=None, split=None, limit=None, folds=None, scale_sets=None,
+                       progress=True):
+    """Fit the Platt calibration of a trained detector's SVMs again (calibrate_svms), for each
+    of its scorers or for those of scale_sets, without retraining anything else; the
+    detector in detdir/detector.h5 is rewritten and calibrate_log.json written beside it.
+    The training images are those it was trained on (its meta: VOC root, split, count)
+    unless given; their proposal and conv5 caches in detdir are reused."""
+    det = load_detector(detdir)
+    meta = dict(det.meta)
+    voc = voc or meta.get("voc")
+    split = split or meta.get("train_split", "trainval")
+    limit = limit or meta.get("train_images")
+    if voc is None:
+        raise ValueError(f"{detdir} does not record its VOC root: pass --voc")
+    if folds is not None:
+        if int(folds) < 1:
+            raise ValueError(f"--folds must be at least 1, got {folds}")
+        det.config["calib_folds"] = int(folds)
+    keys = list(det.scorers) if scale_sets is None else [scales_key(s) for s in scale_sets]
+    missing = [k for k in keys if k not in det.scorers]
+    if missing:
+        raise ValueError(f"{detdir} has no SVMs trained at scales {missing[0]} (it has "
+                         f"{', '.join(det.scorers)})")
+    ds = VOCDataset(voc, split)
+    images, _ = prepare_images(ds, detdir, det, progress, limit)
+    lines, times = [], {}
+
+    def log(msg):
+        lines.append(msg)
+        print(msg)
+    index = {image_id: i for i, image_id in enumerate(ds.ids)}
+    for key in keys:
+        t = time.perf_counter()
+        scales = tuple(int(v) for v in key.split(","))
+        det.use_scales(scales)
+        maps = scale_caches(detdir, det.model, scales, det.mean, det.pixel_scale)
+        for im in tqdm(images, desc=f"conv5 at {key}", unit="img", disable=not progress):
+            if not maps.has(im.id):
+                maps.get(im.id, lambda i=index[im.id]: ds.load(i)[0])
+        log(f"calibration at {key}:")
+        det.scorers[key]["svm_calib"] = calibrate_svms(
+            det, images, maps, log, progress, scratch=os.path.join(detdir, "svm-scratch"))
+        times[key] = time.perf_counter() - t
+    det.use_scales(det.config["scales"])
+    extra = {k: meta[k] for k in ("train_split", "voc", "train_images") if k in meta}
+    det.save(os.path.join(detdir, "detector.h5"), extra)
+    with open(os.path.join(detdir, "calibrate_log.json"), "w") as fh:
+        json.dump({"log": lines, "seconds": times, "images": len(images),
+                   "calib_folds": det.config["calib_folds"], "peak_rss_mb": peak_rss_mb()}, fh, indent=1)
     return det
