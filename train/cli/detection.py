@@ -105,6 +105,10 @@ def register(sub, fmt):
     de.add_argument("--raw-scores", action="store_true",
                     help="combine the detectors' raw SVM scores (default: each calibrated by "
                          "Platt scaling fitted on out-of-fold scores of its training images)")
+    de.add_argument("--combine-all", action="store_true",
+                    help="keep the union of the detectors' detections for every class (default: "
+                         "per class the union or one detector alone, whichever gives the higher AP "
+                         "on their held-out training detections)")
     de.add_argument("--limit", type=int, help="only the first N test images (at least 1)")
     de.add_argument("--no-conv-cache", action="store_true",
                     help="compute each test image's conv5 maps and write none (the same "
@@ -198,9 +202,15 @@ def cmd_detect_test(a):
                              f"in the same order")
     r = evaluate_detector(det, a.voc, a.split, workdir=a.model, scales=scales, scorer=a.scorer,
                           limit=a.limit, progress=not a.quiet, others=others,
-                          conv_cache=not a.no_conv_cache, calibrate=not a.raw_scores)
+                          conv_cache=not a.no_conv_cache, calibrate=not a.raw_scores,
+                          choose=not a.combine_all)
+    kept = r.get("members", {}).get("per_class", {})
+    if kept:
+        print(f"combination chosen per class on {r['members']['held_out_training_images']} held-out "
+              f"training images")
     for c, ap in r["bbox"]["per_class"].items():
-        print(f"  {c:>14s}: AP {ap:.1%} ({r['no_bbox']['per_class'][c]:.1%} without box regression)")
+        print(f"  {c:>14s}: AP {ap:.1%} ({r['no_bbox']['per_class'][c]:.1%} without box regression)"
+              + (f"; {kept[c]}" if c in kept else ""))
     print(f"VOC07 detection mAP {r['bbox']['mAP']:.2%} with box regression, "
           f"{r['no_bbox']['mAP']:.2%} without; {r['images']} images, scales {r['scales']}; "
           f"{r['seconds_per_image_scoring']:.2f} s per image, peak memory {r['peak_rss_mb']:.0f} MiB")

@@ -27,17 +27,29 @@ one's true detections, and the union is worse than the better detector alone (RE
 svm_C_for gives that many images (C x n / n_fold), so their margins are those of the final
 SVMs; k = 2 costs one more SVM training in all (two trainings on half the images).
 
+The held-out detections are kept too (``svm_oof_*``: per held-out image and class, the top
+``calib_dets`` proposals after NMS, with their out-of-fold scores and the image's ground
+truth), so that a combination can be judged on training data before it is used:
+``choose_members`` computes, per class, the AP on the images the detectors share of the
+union of their calibrated detections and of each detector alone, and keeps the best (the
+union on ties). Calibration alone cannot stop a much weaker detector from adding false
+positives and from suppressing the better one's boxes in the shared NMS; this choice, made
+on training images only, lets a class keep the better detector's detections alone where
+the union loses (README, "Model combination").
+
 Memory and time are bounded: the scores of at most ``calib_images`` training images (a
 seeded sample) are used, all their true windows and up to ``calib_negatives`` false ones per
 class (the smallest hash keys: a uniform sample, each kept false window weighted by total /
 kept), and scoring them costs what one hard-negative round costs on those images.
 """
 import copy
+import hashlib
 
 import numpy as np
 from scipy.special import expit
 from tqdm import tqdm
 
+from minispp.detection.boxes import nms
 from train.detection.svms import _scores, _svm_C, _window_features, negative_keys, train_svms
 
 
@@ -127,6 +139,7 @@ def calibrate_svms(det, images, conv, log=print, progress=True, scratch=None):
     true_s = [[] for _ in range(K)]
     false_s = [[] for _ in range(K)]           # (keys, scores) parts, trimmed to cap by key
     n_false = np.zeros(K, np.int64)
+    oof_ids, oof_dets, oof_gt = [], [], []      # held-out detections, for choose_members
     for k in range(max(folds, 1)):
         mine = pick[fold[pick] == k]
         if mine.size == 0:
@@ -146,6 +159,11 @@ def calibrate_svms(det, images, conv, log=print, progress=True, scratch=None):
                       unit="img", disable=not progress):
             im = images[j]
             s = _scores(_window_features(det, conv, im), scorer.svm_scale, scorer.svm_w, scorer.svm_b)
+            if folds > 1:
+                n = len(oof_ids)
+                oof_ids.append(image_key(im.id))
+                oof_gt.append(np.column_stack([np.full(len(im.gt_boxes), n), im.gt_classes, im.gt_boxes]))
+                oof_dets.append(_held_out_detections(im, s, has_pos, n, cfg))
             for c in np.flatnonzero(has_pos):
                 true = im.class_overlap(c) >= cfg["pos_iou"]
                 true_s[c].append(s[true, c])
@@ -165,10 +183,86 @@ def calibrate_svms(det, images, conv, log=print, progress=True, scratch=None):
         calib[c] = platt_fit(np.concatenate([pos, neg]), np.r_[np.ones(len(pos)), np.zeros(len(neg))],
                              weights)
     det.svm_calib = calib
+    if folds > 1:
+        det.svm_oof_images = np.array(oof_ids, np.int64)
+        det.svm_oof_dets = np.concatenate(oof_dets).astype(np.float32) if oof_dets else np.zeros((0, 7), np.float32)
+        det.svm_oof_gt = np.concatenate(oof_gt).astype(np.float32) if oof_gt else np.zeros((0, 6), np.float32)
+    else:
+        det.svm_oof_images = det.svm_oof_dets = det.svm_oof_gt = None
     how = f"out-of-fold, {folds} folds" if folds > 1 else "in-sample"
     log(f"SVM scores calibrated (Platt, {how}) on {len(pick)} training images: a = "
         f"{', '.join(f'{a:.2f}' for a in calib[:, 0])}")
     return calib
+
+
+def image_key(image_id):
+    """A 63-bit key of an image id (blake2b), by which two detectors' held-out images are
+    matched without storing strings in the detector file."""
+    return int.from_bytes(hashlib.blake2b(str(image_id).encode(), digest_size=8).digest(), "little") >> 1
+
+
+def _held_out_detections(im, s, has_pos, n, cfg):
+    """(M, 7) rows (image n, class, x1, y1, x2, y2, score) of one held-out image: per class
+    with an SVM, its proposals (the ground-truth windows left out) after NMS at cfg["nms"],
+    the top cfg["calib_dets"] by out-of-fold score, as testing keeps them."""
+    prop = np.flatnonzero(~im.is_gt)
+    rows = []
+    for c in np.flatnonzero(has_pos):
+        keep = prop[nms(im.windows[prop], s[prop, c], cfg["nms"])[:int(cfg["calib_dets"])]]
+        rows.append(np.column_stack([np.full(len(keep), n), np.full(len(keep), c),
+                                     im.windows[keep], s[keep, c]]))
+    return np.concatenate(rows) if rows else np.zeros((0, 7))
+
+
+def choose_members(dets, nms_thresh=0.3, max_per_image=100):
+    """Per class, which of the detectors `dets` a combination keeps: -1 for the union of
+    all, m for detector m alone, whichever gives the highest AP (VOC07) on the held-out
+    detections (svm_oof_*) of the training images every detector holds, each detector's
+    scores calibrated by its svm_calib (the module's docstring); the union on ties. Returns
+    (choice (K,) int, ap (K, 1 + M) with the union's first, images shared), or None when a
+    detector has no held-out detections (calibrated in-sample) or they share no image."""
+    from train.detection.testing import combine
+    from train.voc_eval import detection_ap
+    if any(getattr(d, "svm_oof_images", None) is None for d in dets):
+        return None
+    shared = set(int(v) for v in dets[0].svm_oof_images)
+    for d in dets[1:]:
+        shared &= set(int(v) for v in d.svm_oof_images)
+    if not shared:
+        return None
+    keys = sorted(shared)
+    K = len(dets[0].classes)
+    per = []                                  # per detector: {key: {class: (boxes, scores)}}
+    for d in dets:
+        rows = np.asarray(d.svm_oof_dets, np.float64)
+        key_of = np.asarray(d.svm_oof_images, np.int64)[rows[:, 0].astype(np.int64)]
+        cls = rows[:, 1].astype(np.int64)
+        z = rows[:, 6] * d.svm_calib[cls, 0] + d.svm_calib[cls, 1]      # calibrated(), row by row
+        out = {}
+        for key in keys:
+            mine = key_of == key
+            out[key] = {c: (rows[mine & (cls == c), 2:6], z[mine & (cls == c)]) for c in range(K)}
+        per.append(out)
+    g = np.asarray(dets[0].svm_oof_gt, np.float64)
+    g_key = np.asarray(dets[0].svm_oof_images, np.int64)[g[:, 0].astype(np.int64)]
+    ap = np.full((K, 1 + len(dets)), np.nan)
+    for c in range(K):
+        truth = {key: (g[(g_key == key) & (g[:, 1] == c), 2:6],
+                       np.zeros(int(((g_key == key) & (g[:, 1] == c)).sum()), bool)) for key in keys}
+        if not any(len(b) for b, _ in truth.values()):
+            continue
+        options = [{key: combine([p[key] for p in per], nms_thresh, max_per_image)[c] for key in keys}]
+        options += [{key: p[key][c] for key in keys} for p in per]
+        for o, found in enumerate(options):
+            ids = [key for key in keys for _ in range(len(found[key][1]))]
+            ap[c, o] = detection_ap(ids, np.concatenate([found[key][1] for key in keys]),
+                                    np.concatenate([found[key][0] for key in keys]).reshape(-1, 4),
+                                    truth)[0]
+    choice = np.full(K, -1, np.int64)
+    for c in range(K):
+        if np.isfinite(ap[c]).all() and ap[c, 1:].max() > ap[c, 0]:
+            choice[c] = int(np.argmax(ap[c, 1:]))
+    return choice, ap, len(keys)
 
 
 def _smallest_keys(parts, cap):

@@ -49,7 +49,8 @@ from train.detection.windows import (
     scales_key,
 )
 
-SCORER_PARTS = ("svm_w", "svm_b", "svm_calib", "bbox_w", "bbox_b")
+SCORER_PARTS = ("svm_w", "svm_b", "svm_calib", "svm_oof_images", "svm_oof_dets", "svm_oof_gt",
+                "bbox_w", "bbox_b")
 PAPER_SVM_C, PAPER_TRAIN_IMAGES = 0.001, 5011      # R-CNN's / SPP-net's C on VOC07 trainval
 
 
@@ -80,7 +81,8 @@ DEFAULTS = dict(
     # Platt scaling of the SVM scores for model combination (train/detection/calibration.py),
     # on at most this many training images and false windows per class, scored out-of-fold
     # by SVMs trained on the other calib_folds - 1 folds of the images (1: in-sample)
-    calib_images=500, calib_negatives=100000, calib_folds=2,
+    # (calib_dets: the held-out detections kept per image and class, to judge a combination)
+    calib_images=500, calib_negatives=100000, calib_folds=2, calib_dets=30,
     # MB of float64 box-regression statistics held at once (X^T X is D x D per class: 1.25
     # GiB for pool5 of ZF-5, so 3 classes per pass over the images at 4096)
     bbox_stats_mb=4096,
@@ -118,6 +120,7 @@ class Detector:
         self.head_params.to(model.device)                      # the fc head where the trunk is
         self.feature_dim = self.head_params[f"{self.hidden[-1]}.W"].value.shape[0]
         self.svm_w = self.svm_b = self.svm_calib = self.bbox_w = self.bbox_b = None
+        self.svm_oof_images = self.svm_oof_dets = self.svm_oof_gt = None
         self.svm_scale = self.bbox_scale = 1.0
         self.scorers = {}            # scales_key -> the SVMs and box regressors for those scales
 
@@ -354,8 +357,8 @@ def calibrate_detector(detdir, voc=None, split=None, limit=None, folds=None, sca
             if not maps.has(im.id):
                 maps.get(im.id, lambda i=index[im.id]: ds.load(i)[0])
         log(f"calibration at {key}:")
-        det.scorers[key]["svm_calib"] = calibrate_svms(
-            det, images, maps, log, progress, scratch=os.path.join(detdir, "svm-scratch"))
+        calibrate_svms(det, images, maps, log, progress, scratch=os.path.join(detdir, "svm-scratch"))
+        det.keep_scorer(scales)            # the new calibration and held-out detections
         times[key] = time.perf_counter() - t
     det.use_scales(det.config["scales"])
     extra = {k: meta[k] for k in ("train_split", "voc", "train_images") if k in meta}

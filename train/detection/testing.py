@@ -10,7 +10,7 @@ from tqdm import tqdm
 from minispp.data.voc import VOCDataset
 from minispp.detection.boxes import apply_regression, clip, iou, nms
 from minispp.detection.proposals import ProposalCache
-from train.detection.calibration import calibrated
+from train.detection.calibration import calibrated, choose_members
 from train.detection.windows import scale_caches
 from train.resources import peak_rss_mb
 
@@ -63,22 +63,29 @@ def detections_from_scores(scores, boxes, nms_thresh=0.3, max_per_image=100):
     return out
 
 
-def combine(dets, nms_thresh=0.3, max_per_image=100):
-    """Model combination: the union of several detectors' detections of one image, NMS."""
+def combine(dets, nms_thresh=0.3, max_per_image=100, members=None):
+    """Model combination: the union of several detectors' detections of one image, NMS.
+    members: per class, -1 for the union of all (the default) or the one detector kept
+    (calibration.choose_members)."""
     out = {}
     for c in dets[0]:
-        b = np.concatenate([d[c][0] for d in dets])
-        s = np.concatenate([d[c][1] for d in dets])
+        keep_all = members is None or members[c] < 0
+        use = dets if keep_all else [dets[int(members[c])]]
+        b = np.concatenate([d[c][0] for d in use])
+        s = np.concatenate([d[c][1] for d in use])
         keep = nms(b, s, nms_thresh)[:max_per_image]
         out[c] = (b[keep], s[keep])
     return out
 
 
 def evaluate_detector(det, voc, split="test", workdir=None, scales=None, scorer="svm",
-                      limit=None, progress=True, others=(), conv_cache=True, calibrate=True):
+                      limit=None, progress=True, others=(), conv_cache=True, calibrate=True,
+                      choose=True):
     """Detect on every image of a split and compute VOC07 AP per class, with and without box
     regression. others: more Detectors for model combination (their detections are pooled
-    with this one's before the final NMS). Returns a result dict."""
+    with this one's before the final NMS; with calibrate and choose, per class the union or
+    one detector alone, as their held-out training detections say: choose_members).
+    Returns a result dict."""
     from train.voc_eval import detection_ap
     ds = VOCDataset(voc, split)
     if ds.classes != det.classes:
@@ -102,6 +109,14 @@ def evaluate_detector(det, voc, split="test", workdir=None, scales=None, scorer=
             raise ValueError(f"detector {missing[0]} of the combination has no calibrated SVM scores "
                              f"(trained before calibration existed): run detect-train again with "
                              f"the same --out (its caches are reused), or combine raw scores")
+    members, chosen = None, None
+    if calibrate and choose:
+        chosen = choose_members((det,) + tuple(others), det.config["nms"], det.config["max_per_image"])
+        if chosen is None:
+            print("warning: no held-out training detections shared by the detectors (calibrated "
+                  "in-sample, or trained on other images): the union is kept for every class")
+        else:
+            members = chosen[0]
     n = len(ds) if limit is None else min(limit, len(ds))
     with tqdm(total=n, desc=f"proposals ({split})", unit="img", disable=not progress) as bar:
         props.fill(ds.ids[:n], [ds.image_path(i) for i in range(n)], progress=bar.update)
@@ -128,14 +143,22 @@ def evaluate_detector(det, voc, split="test", workdir=None, scales=None, scorer=
         for use_bbox in (True, False):
             per_model = [detections_from_scores(sc, rb if use_bbox else pb, d.config["nms"],
                                                 d.config["max_per_image"]) for d, sc, rb, pb in scored]
-            dets = per_model[0] if len(per_model) == 1 else combine(per_model, det.config["nms"],
-                                                                     det.config["max_per_image"])
+            dets = per_model[0] if len(per_model) == 1 else combine(
+                per_model, det.config["nms"], det.config["max_per_image"], members)
             for c, (bb, ss) in dets.items():
                 found[use_bbox][c].append((ds.ids[i], bb, ss))
         t_total += time.perf_counter() - t0
     result = {"split": split, "images": n, "scales": list(scales), "scorer": scorer,
               "models": 1 + len(others), "calibrated": calibrate, "svms_trained_at": used,
               "seconds_per_image_scoring": t_total / max(n, 1), "peak_rss_mb": peak_rss_mb()}
+    if chosen is not None:
+        names = ["union"] + [f"model {m}" for m in range(1 + len(others))]
+        result["members"] = {
+            "held_out_training_images": chosen[2],
+            "per_class": {det.classes[c]: names[int(chosen[0][c]) + 1] for c in range(K)},
+            "held_out_ap": {det.classes[c]: dict(zip(names, [None if not np.isfinite(v) else float(v)
+                                                             for v in chosen[1][c]]))
+                            for c in range(K)}}
     before, after = (np.concatenate([m[k] for m in moved]) for k in (0, 1))
     result["localization"] = {"windows": int(before.size),
                               "mean_iou_before": float(before.mean()) if before.size else float("nan"),
