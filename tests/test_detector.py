@@ -255,6 +255,9 @@ def test_detector_commands_end_to_end(ckpt, voc, tmp_path, capsys):
                  str(tmp_path / "r6.json"), "--quiet"]) == 0
     r6 = json.load(open(tmp_path / "r6.json"))
     assert r6["calibrated"] and r6["models"] == 2 and not r["calibrated"]
+    # a detector and itself tie on their held-out detections: the union everywhere
+    assert r6["members"]["held_out_training_images"] == 6
+    assert set(r6["members"]["per_class"].values()) == {"union"}
     assert r6["bbox"]["mAP"] == pytest.approx(r["bbox"]["mAP"])
     # each scale set has its own SVMs and regressors, all saved
     det = load_detector(out)
@@ -582,6 +585,15 @@ def test_platt_fit_recovers_a_known_sigmoid_and_keeps_each_detectors_ranking():
     assert (np.argsort(p, axis=0) == np.argsort(scores, axis=0)).all()
     with pytest.raises(ValueError, match="true and false"):
         platt_fit([1.0, 2.0], [1, 1])
+    # scores that fall as the truth rises (a weak SVM on held-out images): the prior for
+    # every window, the ranking kept
+    from train.detection.calibration import MIN_SLOPE
+    y3 = rng.random(s.size) < 1 / (1 + np.exp(-(-0.5 * s - 3.0)))
+    a3, b3 = platt_fit(s, y3)
+    assert a3 == MIN_SLOPE and b3 == pytest.approx(np.log(y3.mean() / (1 - y3.mean())), abs=1e-3)
+    z = calibrated(s[:1000, None], [[a3, b3]])[:, 0]
+    assert (np.argsort(z, kind="stable") == np.argsort(s[:1000], kind="stable")).all()
+    assert np.ptp(z) < 1e-7
 
 
 def test_calibration_lets_the_better_detector_win_the_union():
@@ -703,6 +715,45 @@ def test_detect_calibrate_refits_the_calibration_alone(ckpt, voc, tmp_path, caps
     capsys.readouterr()
     assert main(["detect-calibrate", "--model", out, "--scales", "200", "--quiet"]) == 2
     assert "has no SVMs trained at scales 200 (it has 96, 96,400)" in capsys.readouterr().err
+
+
+class _HeldOut:
+    """What choose_members reads of a detector: classes, calibration and held-out detections."""
+
+    def __init__(self, classes, calib, images, dets, gt):
+        self.classes, self.svm_calib = classes, np.asarray(calib, np.float64)
+        self.svm_oof_images = np.asarray(images, np.int64)
+        self.svm_oof_dets = np.asarray(dets, np.float32).reshape(-1, 7)
+        self.svm_oof_gt = np.asarray(gt, np.float32).reshape(-1, 6)
+
+
+def test_combination_keeps_per_class_the_union_or_the_member_that_does_better_on_held_out_images():
+    from train.detection.calibration import choose_members
+    obj = [10, 10, 60, 60]
+    far = [200, 200, 260, 260]
+    gt = [[i, c] + obj for i in range(4) for c in (0, 1)]
+    # class 0: A finds the object in every image; B scores a false box above its own hits.
+    # class 1: A finds the object in images 0-1 only, B in images 2-3 only: the union finds all
+    a = [[i, 0] + obj + [2.0] for i in range(4)] + [[i, 1] + obj + [2.0] for i in (0, 1)]
+    b = ([[i, 0] + far + [3.0] for i in range(4)] + [[i, 0] + obj + [1.0] for i in range(4)]
+         + [[i, 1] + obj + [2.0] for i in (2, 3)])
+    calib = [[1.0, 0.0], [1.0, 0.0]]
+    A = _HeldOut(["x", "y"], calib, [11, 12, 13, 14], a, gt)
+    B = _HeldOut(["x", "y"], calib, [11, 12, 13, 14], b, gt)
+    choice, ap, shared = choose_members([A, B])
+    assert shared == 4 and choice.tolist() == [0, -1]
+    assert ap[0].tolist() == pytest.approx([ap[0, 0], 1.0, ap[0, 2]]) and ap[0, 0] < 1.0
+    assert ap[1, 0] == pytest.approx(1.0) and ap[1, 1] < 1.0 and ap[1, 2] < 1.0
+    # B's images keyed otherwise: they are other images, nothing is shared, no choice is made
+    assert choose_members([A, _HeldOut(["x", "y"], calib, [21, 22, 23, 24], b, gt)]) is None
+    A.svm_oof_images = None                       # calibrated in-sample: nothing held out
+    assert choose_members([A, B]) is None
+    # the test-time combination drops the other detector's detections of a class kept alone
+    da = {0: (np.array([obj], float), np.array([0.5])), 1: (np.array([obj], float), np.array([0.5]))}
+    db = {0: (np.array([far], float), np.array([0.9])), 1: (np.array([far], float), np.array([0.9]))}
+    got = combine([da, db], members=np.array([0, -1]))
+    np.testing.assert_array_equal(got[0][1], [0.5])
+    np.testing.assert_array_equal(got[1][1], [0.9, 0.5])
 
 
 def test_returning_free_memory_starts_no_child_process():

@@ -53,11 +53,17 @@ from minispp.detection.boxes import nms
 from train.detection.svms import _scores, _svm_C, _window_features, negative_keys, train_svms
 
 
+MIN_SLOPE = 1e-9
+
+
 def platt_fit(scores, labels, weights=None, iterations=100):
     """(a, b) of the sigmoid 1 / (1 + exp(-(a s + b))) that maximises the weighted likelihood
     of labels (1 true, 0 false) with Platt's smoothed targets (N+ + 1) / (N+ + 2) and
     1 / (N- + 2), which keep a and b finite when the classes separate. Newton's method on the
-    two parameters, with step halving."""
+    two parameters, with step halving. The map is kept increasing: where the best slope is
+    below MIN_SLOPE (held-out scores that do not rise with the truth: a weak SVM), a is
+    MIN_SLOPE and b the log prior odds, so the detector's windows all sit at the prior in a
+    combination and keep their order among themselves."""
     s = np.asarray(scores, np.float64).ravel()
     y = np.asarray(labels).ravel() > 0
     w = np.ones_like(s) if weights is None else np.asarray(weights, np.float64).ravel()
@@ -91,6 +97,12 @@ def platt_fit(scores, labels, weights=None, iterations=100):
         theta, current = trial, new
         if done:
             break
+    if theta[0] < MIN_SLOPE:
+        # the scores say nothing of the labels, or the opposite: every window gets the prior
+        # (the best b with a = 0), and a slope small enough to keep the detector's ranking
+        # without moving any window off the prior by more than rounding
+        p_true = np.sum(w * t) / np.sum(w)
+        return MIN_SLOPE, float(np.log(p_true / (1 - p_true)))
     return float(theta[0]), float(theta[1])
 
 
