@@ -252,9 +252,13 @@ def test_detector_commands_end_to_end(ckpt, voc, tmp_path, capsys):
     # model combination calibrates each detector's scores (fitted at training); a detector
     # combined with itself detects what it detects alone
     assert main(["detect-test", "--voc", str(voc), "--model", out, "--combine", out, "--json",
-                 str(tmp_path / "r6.json"), "--quiet"]) == 0
+                 str(tmp_path / "r6.json"), "--quiet", "--choose-per-class"]) == 0
     r6 = json.load(open(tmp_path / "r6.json"))
     assert r6["calibrated"] and r6["models"] == 2 and not r["calibrated"]
+    assert main(["detect-test", "--voc", str(voc), "--model", out, "--combine", out, "--json",
+                 str(tmp_path / "r7.json"), "--quiet"]) == 0
+    r7 = json.load(open(tmp_path / "r7.json"))      # by default the union, no choice made
+    assert "members" not in r7 and r7["bbox"] == r6["bbox"] and r7["calibrated"]
     # a detector and itself tie on their held-out detections: the union everywhere
     assert r6["members"]["held_out_training_images"] == 6
     assert set(r6["members"]["per_class"].values()) == {"union"}

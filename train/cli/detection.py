@@ -105,10 +105,10 @@ def register(sub, fmt):
     de.add_argument("--raw-scores", action="store_true",
                     help="combine the detectors' raw SVM scores (default: each calibrated by "
                          "Platt scaling fitted on out-of-fold scores of its training images)")
-    de.add_argument("--combine-all", action="store_true",
-                    help="keep the union of the detectors' detections for every class (default: "
-                         "per class the union or one detector alone, whichever gives the higher AP "
-                         "on their held-out training detections)")
+    de.add_argument("--choose-per-class", action="store_true",
+                    help="per class, keep the union or one detector alone, whichever gives the "
+                         "higher AP on the detectors' held-out training detections (default: the "
+                         "union for every class)")
     de.add_argument("--limit", type=int, help="only the first N test images (at least 1)")
     de.add_argument("--no-conv-cache", action="store_true",
                     help="compute each test image's conv5 maps and write none (the same "
@@ -203,7 +203,7 @@ def cmd_detect_test(a):
     r = evaluate_detector(det, a.voc, a.split, workdir=a.model, scales=scales, scorer=a.scorer,
                           limit=a.limit, progress=not a.quiet, others=others,
                           conv_cache=not a.no_conv_cache, calibrate=not a.raw_scores,
-                          choose=not a.combine_all)
+                          choose=a.choose_per_class)
     kept = r.get("members", {}).get("per_class", {})
     if kept:
         print(f"combination chosen per class on {r['members']['held_out_training_images']} held-out "

@@ -32,10 +32,10 @@ The held-out detections are kept too (``svm_oof_*``: per held-out image and clas
 truth), so that a combination can be judged on training data before it is used:
 ``choose_members`` computes, per class, the AP on the images the detectors share of the
 union of their calibrated detections and of each detector alone, and keeps the best (the
-union on ties). Calibration alone cannot stop a much weaker detector from adding false
-positives and from suppressing the better one's boxes in the shared NMS; this choice, made
-on training images only, lets a class keep the better detector's detections alone where
-the union loses (README, "Model combination").
+union on ties). It is `detect-test --choose-per-class`, not the default: calibration alone
+already kept the union of a strong and a 17-point weaker detector at the strong one's mAP,
+and the choice, made on few held-out images, traded one class's gain away (README, "Model
+combination").
 
 Memory and time are bounded: the scores of at most ``calib_images`` training images (a
 seeded sample) are used, all their true windows and up to ``calib_negatives`` false ones per

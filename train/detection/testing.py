@@ -80,7 +80,7 @@ def combine(dets, nms_thresh=0.3, max_per_image=100, members=None):
 
 def evaluate_detector(det, voc, split="test", workdir=None, scales=None, scorer="svm",
                       limit=None, progress=True, others=(), conv_cache=True, calibrate=True,
-                      choose=True):
+                      choose=False):
     """Detect on every image of a split and compute VOC07 AP per class, with and without box
     regression. others: more Detectors for model combination (their detections are pooled
     with this one's before the final NMS; with calibrate and choose, per class the union or
