@@ -257,13 +257,14 @@ def choose_members(dets, nms_thresh=0.3, max_per_image=100):
         per.append(out)
     g = np.asarray(dets[0].svm_oof_gt, np.float64)
     g_key = np.asarray(dets[0].svm_oof_images, np.int64)[g[:, 0].astype(np.int64)]
+    union = {key: combine([p[key] for p in per], nms_thresh, max_per_image) for key in keys}
     ap = np.full((K, 1 + len(dets)), np.nan)
     for c in range(K):
         truth = {key: (g[(g_key == key) & (g[:, 1] == c), 2:6],
                        np.zeros(int(((g_key == key) & (g[:, 1] == c)).sum()), bool)) for key in keys}
         if not any(len(b) for b, _ in truth.values()):
             continue
-        options = [{key: combine([p[key] for p in per], nms_thresh, max_per_image)[c] for key in keys}]
+        options = [{key: union[key][c] for key in keys}]
         options += [{key: p[key][c] for key in keys} for p in per]
         for o, found in enumerate(options):
             ids = [key for key in keys for _ in range(len(found[key][1]))]

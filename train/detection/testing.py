@@ -107,8 +107,8 @@ def evaluate_detector(det, voc, split="test", workdir=None, scales=None, scorer=
         missing = [k for k, d in enumerate((det,) + tuple(others)) if d.svm_calib is None]
         if missing:
             raise ValueError(f"detector {missing[0]} of the combination has no calibrated SVM scores "
-                             f"(trained before calibration existed): run detect-train again with "
-                             f"the same --out (its caches are reused), or combine raw scores")
+                             f"(trained before calibration existed): run `minispp detect-calibrate "
+                             f"--model DETDIR` on it (its caches are reused), or combine raw scores")
     members, chosen = None, None
     if calibrate and choose:
         chosen = choose_members((det,) + tuple(others), det.config["nms"], det.config["max_per_image"])
