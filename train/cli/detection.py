@@ -180,9 +180,10 @@ def cmd_detect_calibrate(a):
     at_least(a.folds, 1, "--folds")
     at_least(a.limit, 1, "--limit")
     sets = [tuple(ints(v, "--scales")) for v in a.scales] if a.scales else None
-    calibrate_detector(a.model, voc=a.voc, split=a.split, limit=a.limit, folds=a.folds,
-                       scale_sets=sets, progress=not a.quiet)
-    print(f"calibration written to {os.path.join(a.model, 'detector.h5')}")
+    det = calibrate_detector(a.model, voc=a.voc, split=a.split, limit=a.limit, folds=a.folds,
+                             scale_sets=sets, progress=not a.quiet)
+    if det is not None:           # None: another MPI rank than 0, its share of the caches done
+        print(f"calibration written to {os.path.join(a.model, 'detector.h5')}")
     return 0
 
 

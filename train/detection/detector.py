@@ -342,6 +342,8 @@ def calibrate_detector(detdir, voc=None, split=None, limit=None, folds=None, sca
                          f"{', '.join(det.scorers)})")
     ds = VOCDataset(voc, split)
     images, _ = prepare_images(ds, detdir, det, progress, limit)
+    if not distributed.world().is_root:      # under MPI the ranks shared the caches; rank 0 fits
+        return None
     lines, times = [], {}
 
     def log(msg):
